@@ -1,0 +1,65 @@
+"""Reading links and addresses over netlink, as plain data."""
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+IFF_UP = 0x1
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str  # '' for a plain device
+    up: bool
+    operstate: str
+    master: Optional[int]
+    mac: str
+    addresses: List[ipaddress.IPv4Interface] = field(default_factory=list)
+
+
+def _link(msg, addresses: List[ipaddress.IPv4Interface]) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
+    return Link(
+        index=msg["index"],
+        name=msg.get_attr("IFLA_IFNAME"),
+        kind=kind,
+        up=bool(msg["flags"] & IFF_UP),
+        operstate=msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN",
+        master=msg.get_attr("IFLA_MASTER"),
+        mac=msg.get_attr("IFLA_ADDRESS") or "",
+        addresses=addresses,
+    )
+
+
+def ipv4_addresses(ipr, index: int) -> List[ipaddress.IPv4Interface]:
+    return [
+        ipaddress.IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+        for m in ipr.get_addr(index=index, family=socket.AF_INET)
+    ]
+
+
+def by_name(ipr, name: str) -> Optional[Link]:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return None
+    return _link(ipr.get_links(found[0])[0], ipv4_addresses(ipr, found[0]))
+
+
+def all_links(ipr) -> List[Link]:
+    return [_link(m, ipv4_addresses(ipr, m["index"])) for m in ipr.get_links()]
+
+
+def members(ipr, index: int) -> List[Link]:
+    return [link for link in all_links(ipr) if link.master == index]
+
+
+def holder_of(ipr, address: ipaddress.IPv4Address) -> Optional[str]:
+    """The name of the link that carries `address`, if any."""
+    for link in all_links(ipr):
+        if any(a.ip == address for a in link.addresses):
+            return link.name
+    return None

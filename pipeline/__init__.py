@@ -1,0 +1,1 @@
+"""Config model, command runner and the pipelines behind xenlab's tasks."""

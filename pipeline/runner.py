@@ -1,0 +1,146 @@
+"""The one place where side effects happen: files, commands and other changes, with --dry-run and --root.
+
+Every change goes through a Runner. In dry-run it only says what it would do (files with their
+diffs); otherwise it does it and remembers how to undo it, so a failure half-way can roll back
+everything this run created.
+"""
+
+import difflib
+import os
+import shlex
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+from pipeline.errors import Failed
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+@dataclass
+class Runner:
+    dry_run: bool = False
+    root: Path = Path("/")
+    say: Callable[[str], None] = _silent
+    changes: List[str] = field(default_factory=list)
+    _undo: List[Tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def path(self, path: str) -> Path:
+        """Where an absolute system path lives under --root."""
+        return self.root / str(path).lstrip("/")
+
+    def change(
+        self, description: str, do: Callable[[], None], undo: Optional[Callable[[], None]] = None
+    ) -> None:
+        """One change to the system: described always, done unless dry-run, undone on rollback."""
+        self.changes.append(description)
+        if self.dry_run:
+            self.say(f"would {description}")
+            return
+        do()
+        self.say(description)
+        if undo is not None:
+            self._undo.append((description, undo))
+
+    def write_file(self, path: str, text: str, mode: int = 0o644, secret: bool = False) -> bool:
+        """Write `text` to `path` (under --root) if it differs; True when it changed (or would)."""
+        target = self.path(path)
+        old = target.read_text() if target.is_file() else None
+        old_mode = target.stat().st_mode & 0o7777 if old is not None else None
+        if old == text and old_mode == mode:
+            return False
+        if self.dry_run:
+            self.changes.append(f"write {target}")
+            self.say(f"would write {target} (mode {mode:o})")
+            if not secret:
+                self.say(diff(old or "", text, str(target)) or "(mode only)")
+            return True
+        created = _missing_parents(target)
+        try:
+            _atomic_write(target, text, mode)
+        except OSError as exc:
+            for d in reversed(created):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise Failed(f"cannot write {target}: {exc.strerror or exc}") from None
+
+        def undo() -> None:
+            if old is None:
+                target.unlink()
+                for d in reversed(created):
+                    d.rmdir()
+            else:
+                _atomic_write(target, old, old_mode or 0o644)
+
+        self.change(f"wrote {target}", lambda: None, undo)
+        return True
+
+    def run(self, argv: Sequence[str], *, check: bool = True, changes: bool = True) -> str:
+        """Run a command; its stdout. `changes=False` marks a read-only command that runs in dry-run too."""
+        line = " ".join(shlex.quote(a) for a in argv)
+        if changes and self.dry_run:
+            self.changes.append(line)
+            self.say(f"would run: {line}")
+            return ""
+        proc = subprocess.run(list(argv), capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise Failed(f"{line} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def rollback(self) -> List[str]:
+        """Undo what this run did, newest first; the descriptions of undos that failed."""
+        failed = []
+        while self._undo:
+            description, undo = self._undo.pop()
+            try:
+                undo()
+                self.say(f"rolled back: {description}")
+            except Exception as exc:  # keep undoing the rest
+                failed.append(f"{description}: {exc}")
+        return failed
+
+    @contextmanager
+    def transaction(self) -> Iterator["Runner"]:
+        """Roll back everything done inside when anything inside raises."""
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self._undo.clear()
+
+
+def diff(old: str, new: str, name: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), name, name
+        )
+    )
+
+
+def _missing_parents(path: Path) -> List[Path]:
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return list(reversed(missing))
+
+
+def _atomic_write(target: Path, text: str, mode: int) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

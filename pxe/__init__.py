@@ -1,0 +1,1 @@
+"""PXE install of the host: boot tree, preseed and boot menus, proxyDHCP/DHCP + TFTP + HTTP servers."""
