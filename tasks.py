@@ -32,9 +32,7 @@ def exits(fn):
             raise Exit(
                 "bad input:\n  " + "\n  ".join(str(p) for p in exc.problems), code=2
             ) from None
-        except Failed as exc:
-            raise Exit(f"failed: {exc}", code=1) from None
-        except OSError as exc:
+        except (Failed, OSError) as exc:
             raise Exit(f"failed: {exc}", code=1) from None
 
     return wrapper

@@ -1,13 +1,11 @@
 """Output for people: progress lines, tables, errors. Library code gets `say`; only tasks print."""
 
-import sys
 from typing import Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def say(line: str) -> None:
@@ -22,7 +20,3 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) 
         t.add_row(*(str(v) for v in row))
     out.print(t)
 
-
-def fail(message: str) -> None:
-    err.print(message, markup=False)
-    sys.stderr.flush()

@@ -64,16 +64,13 @@ class Runner:
         try:
             _atomic_write(target, text, mode)
         except OSError as exc:
-            for d in reversed(created):
-                if d.is_dir() and not any(d.iterdir()):
-                    d.rmdir()
+            _remove_empty(created)
             raise Failed(f"cannot write {target}: {exc.strerror or exc}") from None
 
         def undo() -> None:
             if old is None:
                 target.unlink()
-                for d in reversed(created):
-                    d.rmdir()
+                _remove_empty(created)
             else:
                 _atomic_write(target, old, old_mode or 0o644)
 
@@ -130,6 +127,13 @@ def _missing_parents(path: Path) -> List[Path]:
             break
         missing.append(parent)
     return list(reversed(missing))
+
+
+def _remove_empty(dirs: List[Path]) -> None:
+    """Remove directories a write created (listed top-down), deepest first, if still empty."""
+    for d in reversed(dirs):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
 
 
 def _atomic_write(target: Path, text: str, mode: int) -> None:
