@@ -1,4 +1,4 @@
-"""Output for people: progress lines, tables, errors. Library code gets `say`; only tasks print."""
+"""Output for people: progress lines and tables. Library code gets `say`; only tasks print."""
 
 from typing import Iterable, Sequence
 
@@ -19,4 +19,3 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) 
     for row in rows:
         t.add_row(*(str(v) for v in row))
     out.print(t)
-
