@@ -96,8 +96,27 @@ def network(c, bridge=None, subnet=None, address=None, netns=None, root=None, dr
     )
 
 
+# --- host.storage, host.xen, host.check (issue 3) ----------------------------------------------
+
+
+# --- host.diagram, host.report (issue 6) --------------------------------------------------------
+
+
+# --- pxe.* (issue 4) ----------------------------------------------------------------------------
+
+
+# --- image.build, guest.build (issue 5) ---------------------------------------------------------
+
+
 host = Collection("host")
 host.add_task(network)
 
+pxe = Collection("pxe")
+
+image = Collection("image")
+
+guest = Collection("guest")
+
 ns = Collection()
-ns.add_collection(host)
+for collection in (host, pxe, image, guest):
+    ns.add_collection(collection)

@@ -46,3 +46,108 @@ def invoke(*args: str, cwd: Path = REPO, env=None) -> subprocess.CompletedProces
     return subprocess.run(
         INVOKE + list(args), cwd=str(cwd), text=True, capture_output=True, env=full_env
     )
+
+
+# --- block devices: sparse files behind loop devices, LVM on them --------------------------------
+os.environ.setdefault("LVM_SUPPRESS_FD_WARNINGS", "1")
+
+
+def _pvs_on(device: str) -> List[dict]:
+    out = sh("pvs", "--reportformat", "json", "-o", "pv_name,vg_name", check=False).stdout
+    rows = json.loads(out)["report"][0]["pv"] if out.strip() else []
+    return [r for r in rows if r["pv_name"] == device or r["pv_name"].startswith(device + "p")]
+
+
+def remove_lvm_on(device: str) -> None:
+    """Remove every VG and PV on `device` and its partitions (what a test made there)."""
+    rows = _pvs_on(device)
+    for vg in {r["vg_name"] for r in rows if r["vg_name"]}:
+        sh("vgremove", "-ff", "-y", vg, check=False)
+    for r in rows:
+        sh("pvremove", "-ff", "-y", r["pv_name"], check=False)
+
+
+@pytest.fixture
+def loop_disk(tmp_path) -> Callable[..., str]:
+    """Sparse files behind loop devices (`make('300G')` -> '/dev/loopN'); LVM on them and the
+    devices are removed after the test, also when it fails."""
+    made: List[str] = []
+
+    def make(size: str = "300G") -> str:
+        image = tmp_path / f"disk{len(made)}.img"
+        sh("truncate", "-s", size, str(image))
+        device = sh("losetup", "-fP", "--show", str(image)).stdout.strip()
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        remove_lvm_on(device)
+        sh("losetup", "-d", device, check=False)
+
+
+def map_lv(volume_group: str, name: str) -> str:
+    """Do what dm-linear does for a single-segment LV: a loop device over the LV's extents on its
+    PV, at /dev/VG/LV. The kernel here has no device-mapper, so LVs cannot be activated."""
+    lv = json.loads(
+        sh("lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+           "-o", "lv_size,seg_pe_ranges,vg_extent_size", f"{volume_group}/{name}").stdout
+    )["report"][0]["lv"]  # fmt: skip
+    assert len(lv) == 1 and " " not in lv[0]["seg_pe_ranges"], f"not one segment: {lv}"
+    pv, extents = lv[0]["seg_pe_ranges"].rsplit(":", 1)
+    first = int(extents.split("-")[0])
+    pe_start = json.loads(
+        sh(
+            "pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "pe_start", pv
+        ).stdout
+    )["report"][0]["pv"][0]["pe_start"]
+    offset = int(pe_start) + first * int(lv[0]["vg_extent_size"])
+    loop = sh("losetup", "-f", "--show", "--offset", str(offset),
+              "--sizelimit", lv[0]["lv_size"], pv).stdout.strip()  # fmt: skip
+    link = Path("/dev") / volume_group / name
+    link.parent.mkdir(exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(loop)
+    return str(link)
+
+
+def unmap_lv(volume_group: str, name: str) -> None:
+    link = Path("/dev") / volume_group / name
+    if link.is_symlink():
+        sh("losetup", "-d", os.readlink(link), check=False)
+        link.unlink()
+    if link.parent.is_dir() and not any(link.parent.iterdir()):
+        link.parent.rmdir()
+
+
+@pytest.fixture
+def lv_mapper():
+    """`activate(vg, lv) -> path` for code under test that must write into an LV; undone after."""
+    mapped: List[tuple] = []
+
+    def activate(volume_group: str, name: str) -> str:
+        mapped.append((volume_group, name))
+        return map_lv(volume_group, name)
+
+    yield activate
+    for volume_group, name in reversed(mapped):
+        unmap_lv(volume_group, name)
+
+
+# --- VMs ------------------------------------------------------------------------------------------
+@pytest.fixture
+def vms():
+    """Start VMs with tests.qemu.start(...) through `vms(...)`; each is killed by PID after the test."""
+    from tests import qemu
+
+    started = []
+
+    def start(*args, **kwargs):
+        vm = qemu.start(*args, **kwargs)
+        started.append(vm)
+        return vm
+
+    yield start
+    for vm in started:
+        vm.stop()

@@ -1,0 +1,79 @@
+"""LVM as its own commands report it (JSON, sizes in bytes), and the changes guests need.
+
+Reads run always (also in dry-run); changes go through the runner so they roll back.
+"""
+
+import json
+import os
+import subprocess
+from typing import Dict, List, Optional
+
+from pipeline.errors import Failed
+from pipeline.runner import Runner
+
+PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_pe_count,pv_pe_alloc_count,pv_uuid"
+VG_FIELDS = "vg_name,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count,pv_count,lv_count"
+LV_FIELDS = "lv_name,vg_name,lv_size,lv_path,seg_start_pe,seg_pe_ranges,devices"
+
+
+def _report(command: str, fields: str, *args: str) -> List[Dict[str, str]]:
+    argv = [command, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if "not found" in proc.stderr or "Failed to find" in proc.stderr:
+            return []
+        raise Failed(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)["report"][0][command[:-1]]
+
+
+def device_mapper() -> bool:
+    """Whether LVs can be activated here (the test machines' kernel has no device-mapper)."""
+    return os.path.exists("/dev/mapper/control")
+
+
+def pvs(*names: str) -> List[Dict[str, str]]:
+    return _report("pvs", PV_FIELDS, *names)
+
+
+def vgs(*names: str) -> List[Dict[str, str]]:
+    return _report("vgs", VG_FIELDS, *names)
+
+
+def lvs(volume_group: str) -> List[Dict[str, str]]:
+    return _report("lvs", LV_FIELDS, volume_group)
+
+
+def vg(name: str) -> Optional[Dict[str, str]]:
+    found = vgs(name)
+    return found[0] if found else None
+
+
+def lv(volume_group: str, name: str) -> Optional[Dict[str, str]]:
+    for row in lvs(volume_group):
+        if row["lv_name"] == name:
+            return row
+    return None
+
+
+def lvcreate(runner: Runner, volume_group: str, name: str, size: int) -> str:
+    """Create VG/NAME of `size` bytes (rounded up to extents); its path. Removed on rollback.
+
+    Without device-mapper the LV is created inactive (metadata only); activating it is the caller's.
+    """
+    path = f"/dev/{volume_group}/{name}"
+    argv = ["lvcreate", "--yes", "--name", name, "--size", f"{size}b", volume_group]
+    if not device_mapper():
+        argv[1:1] = ["--driverloaded", "n", "--activate", "n", "--zero", "n"]
+    runner.change(
+        f"create LV {volume_group}/{name} ({size} bytes)",
+        lambda: runner.run(argv),
+        lambda: runner.run(["lvremove", "--yes", f"{volume_group}/{name}"]),
+    )
+    return path
+
+
+def lvremove(runner: Runner, volume_group: str, name: str) -> None:
+    runner.change(
+        f"remove LV {volume_group}/{name}",
+        lambda: runner.run(["lvremove", "--yes", f"{volume_group}/{name}"]),
+    )
