@@ -6,6 +6,7 @@ Reads run always (also in dry-run); changes go through the runner so they roll b
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from pipeline.errors import Failed
@@ -77,3 +78,40 @@ def lvremove(runner: Runner, volume_group: str, name: str) -> None:
         f"remove LV {volume_group}/{name}",
         lambda: runner.run(["lvremove", "--yes", f"{volume_group}/{name}"]),
     )
+
+
+@dataclass(frozen=True)
+class PvFacts:
+    """What pvdisplay shows for a PV: its name, VG, size, extent size and extent counts."""
+
+    pv_name: str
+    vg_name: str
+    pv_size: int  # bytes
+    pe_size: int  # bytes
+    total_pe: int
+    free_pe: int
+    allocated_pe: int
+
+
+def pv_facts(volume_group: Optional[str] = None) -> List[PvFacts]:
+    """The pvdisplay facts of the PVs in `volume_group` (of all PVs when None)."""
+    select = ["--select", f"vg_name={volume_group}"] if volume_group else []
+    rows = _report(
+        "pvs", "pv_name,vg_name,pv_size,vg_extent_size,pv_pe_count,pv_pe_alloc_count", *select
+    )
+    facts = []
+    for row in rows:
+        total = int(row["pv_pe_count"] or 0)
+        used = int(row["pv_pe_alloc_count"] or 0)
+        facts.append(
+            PvFacts(
+                pv_name=row["pv_name"],
+                vg_name=row["vg_name"],
+                pv_size=int(row["pv_size"]),
+                pe_size=int(row["vg_extent_size"] or 0),
+                total_pe=total,
+                free_pe=total - used,
+                allocated_pe=used,
+            )
+        )
+    return facts
