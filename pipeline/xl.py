@@ -51,3 +51,43 @@ def run(*args: str) -> Optional[str]:
         return None
     proc = subprocess.run(["xl", *args], capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else None
+
+
+# The lines a dom0 kernel prints when it boots on Xen (arch/x86/xen: xen_banner, the hypervisor
+# detection); the first is the most telling, as it names Xen's version.
+_XEN_MARKERS = (
+    "Xen version:",
+    "Booting paravirtualized kernel on Xen",
+    "Hypervisor detected: Xen",
+)
+
+
+def xen_line(dmesg: str) -> Optional[str]:
+    """The line of `dmesg` output that shows the kernel booted on Xen, without its timestamp."""
+    lines = [_untimed(line) for line in dmesg.splitlines()]
+    for marker in _XEN_MARKERS:
+        for line in lines:
+            if marker in line:
+                return line
+    return None
+
+
+def _untimed(line: str) -> str:
+    if line.startswith("[") and "]" in line:
+        return line.split("]", 1)[1].strip()
+    return line.strip()
+
+
+def domain0(domains: List[Domain]) -> Optional[Domain]:
+    for domain in domains:
+        if domain.id == 0 or domain.name == "Domain-0":
+            return domain
+    return None
+
+
+def dom0_mem(info: Dict[str, str]) -> Optional[str]:
+    """The dom0_mem= setting on Xen's command line (`xl info`'s xen_commandline), if any."""
+    for word in info.get("xen_commandline", "").split():
+        if word.startswith("dom0_mem="):
+            return word[len("dom0_mem=") :]
+    return None
