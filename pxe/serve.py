@@ -1,0 +1,294 @@
+"""pxe.serve: DHCP (proxy or full), TFTP and HTTP in one process, on one interface only.
+
+Each server runs in its own thread; every socket is bound to the interface (SO_BINDTODEVICE)
+and, where it can be, to the interface's address, so nothing answers on other segments. Every
+client step is one log line with the client's MAC: "aa:bb:cc:dd:ee:ff DHCP offer ...",
+"... TFTP bios/pxelinux.0 ...", "... HTTP installers/debian-12/linux ...", "... preseed ...",
+"... callback ...".
+"""
+
+import dataclasses
+import ipaddress
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from pipeline.errors import BadInput, Failed
+from pipeline.runner import Runner
+from pxe import arming
+from pxe.dhcp import Packet
+from pxe.dhcp_server import ClientTable, DhcpLogic, DhcpServer, Leases, Network
+from pxe.http import HttpApp, HttpServer
+from pxe.tftp import TftpServer
+
+# A loader asking over TFTP for its own menu names its MAC: pxelinux, GRUB (grub.cfg's per-MAC
+# file). Not iPXE's script over HTTP: iPXE's address is known from its DHCPREQUEST already.
+_MENU_MAC = re.compile(
+    r"^(?:bios/pxelinux\.cfg/01-|grub/mac/)([0-9a-f]{2}(?:[-:][0-9a-f]{2}){5})(?:\.cfg)?$"
+)
+
+
+@dataclass
+class Plan:
+    """Everything pxe.serve needs, checked before any socket is opened."""
+
+    interface: str
+    address: ipaddress.IPv4Interface  # the interface's, as clients see the server
+    mode: str
+    dhcp_range: Optional[Tuple[str, str]]
+    tftp_root: Path
+    state_dir: Path
+    http_port: int
+    ipxe_http: bool
+    dns: Optional[str]
+    lease_time: int
+    mtu: int = 1500
+
+
+def interface_address(interface: str) -> Tuple[ipaddress.IPv4Interface, int]:
+    """The first IPv4 address on `interface` in this network namespace, and its MTU."""
+    from pyroute2 import IPRoute
+
+    from netlink import links
+
+    with IPRoute() as ipr:
+        link = links.by_name(ipr, interface)
+        mtu = ipr.get_links(link.index)[0].get_attr("IFLA_MTU") if link else None
+    if link is None:
+        raise BadInput("pxe.interface (--interface)", interface, "no such interface here")
+    if not link.addresses:
+        raise BadInput("pxe.interface (--interface)", interface, "has no IPv4 address")
+    return link.addresses[0], int(mtu or 1500)
+
+
+def plan(site, root: Path, address: Optional[ipaddress.IPv4Interface] = None) -> Plan:
+    """Check the settings against the interface; BadInput names the field."""
+    from pxe import partition_plan, preseed
+
+    # A disk too small to keep install.keep_free free is bad input, found before serving anyone;
+    # so is anything else the preseed cannot be made from.
+    partition_plan.plan(site.install)
+    preseed.render(site.install, "02:00:00:00:00:00", "http://192.0.2.1/callback/02:00:00:00:00:00")
+    pxe = site.pxe
+    if not pxe.interface:
+        raise BadInput("pxe.interface (--interface)", None, "is required: the PXE segment's NIC")
+    mtu = 1500
+    if address is None:
+        address, mtu = interface_address(pxe.interface)
+    bounds = None
+    if pxe.mode == "dhcp":
+        if pxe.range_bounds is None:
+            raise BadInput("pxe.dhcp_range (--range)", None, "is required with --mode dhcp")
+        first, last = pxe.range_bounds
+        net = address.network
+        if first not in net or last not in net:
+            raise BadInput(
+                "pxe.dhcp_range (--range)",
+                pxe.dhcp_range,
+                f"is not inside {net} of {pxe.interface}",
+            )
+        if (
+            first <= address.ip <= last
+            or net.network_address in (first, last)
+            or net.broadcast_address in (first, last)
+        ):
+            raise BadInput(
+                "pxe.dhcp_range (--range)",
+                pxe.dhcp_range,
+                f"holds the server's {address.ip} or the network/broadcast address",
+            )
+        bounds = (str(first), str(last))
+    tftp_root = Path(str(root)) / pxe.tftp_root.lstrip("/")
+    if not tftp_root.is_dir():
+        raise Failed(f"no boot tree at {tftp_root}: run `invoke pxe.build` first")
+    return Plan(
+        interface=pxe.interface,
+        address=address,
+        mode=pxe.mode,
+        dhcp_range=bounds,
+        tftp_root=tftp_root,
+        state_dir=Path(str(root)) / pxe.state_dir.lstrip("/"),
+        http_port=pxe.http_port,
+        ipxe_http=pxe.ipxe_http,
+        dns=str(pxe.dns) if pxe.dns else None,
+        lease_time=pxe.lease_time,
+        mtu=mtu,
+    )
+
+
+def server_info(cls, address: str, http_port: int, site):
+    """The build side's ServerInfo: address and port, the rest from the install settings by name."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "address":
+            values[f.name] = address
+        elif f.name == "http_port":
+            values[f.name] = http_port
+        elif f.name == "install":
+            values[f.name] = site.install
+        elif hasattr(site.install, f.name):
+            values[f.name] = getattr(site.install, f.name)
+        elif hasattr(site.pxe, f.name):
+            values[f.name] = getattr(site.pxe, f.name)
+    return cls(**values)
+
+
+class Service:
+    """The three servers of one pxe.serve run; start() binds them, stop() closes them."""
+
+    def __init__(self, plan: Plan, site, log: Callable[[str], None]):
+        from pxe import menus, preseed
+
+        self.plan = plan
+        self.site = site
+        self._say = log
+        self._log_lock = threading.Lock()
+        self.menus = menus
+        self.preseed_module = preseed
+        ip = str(plan.address.ip)
+        self.ip = ip
+        self.server = server_info(menus.ServerInfo, ip, plan.http_port, site)
+        self.clients = ClientTable()
+        self.runner = Runner()  # the server's own writes (disarm): atomic, no --root (resolved)
+        self.leases: Optional[Leases] = None
+        if plan.mode == "dhcp":
+            assert plan.dhcp_range is not None
+            self.leases = Leases(
+                plan.dhcp_range[0],
+                plan.dhcp_range[1],
+                plan.state_dir / "leases.json",
+                plan.lease_time,
+            )
+            for mac, lease in self.leases.committed.items():
+                self.clients.learn(mac, lease.ip)
+        self.threads: List[threading.Thread] = []
+        self.dhcp: Optional[DhcpServer] = None
+        self.tftp: Optional[TftpServer] = None
+        self.http: Optional[HttpServer] = None
+
+    # --- what the servers ask ------------------------------------------------------------------
+    def log(self, mac: str, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        with self._log_lock:
+            self._say(f"{stamp} {mac} {message}")
+
+    def armed(self, mac: str) -> bool:
+        return arming.is_armed(self.plan.state_dir, mac)
+
+    def disarm(self, mac: str) -> bool:
+        return arming.disarm(self.runner, self.plan.state_dir, mac)
+
+    def boot_file(self, packet: Packet) -> Optional[str]:
+        user_class = packet.user_class if self.plan.ipxe_http else None
+        return self.menus.loader_for(packet.arch, user_class, packet.mac, self.server)
+
+    def render_menu(self, path: str) -> Optional[bytes]:
+        content = self.menus.render(path, self.server, self.armed)
+        if content is None:
+            return None
+        return content.encode() if isinstance(content, str) else bytes(content)
+
+    def tftp_menu(self, name: str, client_ip: str) -> Optional[bytes]:
+        """A generated menu over TFTP; in proxy mode, also where its MAC's client is."""
+        path = name.lstrip("/")
+        content = self.render_menu(path)
+        found = _MENU_MAC.match(path)
+        if content is not None and found and self.plan.mode == "proxy":
+            # Proxy mode has no lease: a client asking for its own menu shows where it is.
+            self.clients.learn(found.group(1).replace("-", ":"), client_ip)
+        return content
+
+    def preseed(self, mac: str) -> str:
+        callback = f"http://{self.ip}:{self.plan.http_port}/callback/{mac}"
+        return self.preseed_module.render(self.site.install, mac, callback)
+
+    def mac_of(self, ip: str) -> str:
+        return self.clients.mac_of(ip)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        plan = self.plan
+        dns = (plan.dns or self.ip,)
+        network = Network(
+            server=self.ip,
+            netmask=str(plan.address.netmask),
+            router=self.ip if plan.mode == "dhcp" else None,
+            dns=dns if plan.mode == "dhcp" else (),
+            lease_time=plan.lease_time,
+        )
+        logic = DhcpLogic(plan.mode, network, self.boot_file, self.clients, self.leases)
+        try:
+            self.dhcp = DhcpServer(logic, plan.interface, self.ip, self.log)
+            self.tftp = TftpServer(
+                plan.tftp_root,
+                self.ip,
+                69,
+                plan.interface,
+                virtual=lambda name, client: self.tftp_menu(name, client[0]),
+                # A block that fits one frame (IP 20 + UDP 8 + TFTP 4): no IP fragments, which
+                # some PXE ROMs cannot reassemble.
+                max_blksize=max(512, plan.mtu - 32),
+                log=lambda ip, msg: self.log(self.mac_of(ip), msg),
+            )
+            app = HttpApp(
+                root=plan.tftp_root,
+                armed=self.armed,
+                disarm=self.disarm,
+                preseed=self.preseed,
+                virtual=lambda path, ip: self.render_menu(path.lstrip("/")),
+                ip_of=self.clients.ip_of,
+                mac_of=self.mac_of,
+                log=self.log,
+            )
+            self.http = HttpServer((self.ip, plan.http_port), app, plan.interface)
+        except OSError as exc:
+            self.stop()
+            raise Failed(f"cannot listen on {plan.interface} ({self.ip}): {exc}") from None
+        for name, target in (
+            ("dhcp", self.dhcp.serve_forever),
+            ("tftp", self.tftp.serve_forever),
+            ("http", self.http.serve_forever),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self) -> None:
+        if self.http is not None:
+            if self.threads:
+                self.http.shutdown()
+            self.http.server_close()
+        if self.dhcp is not None:
+            self.dhcp.shutdown()
+        if self.tftp is not None:
+            self.tftp.shutdown()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        if self.dhcp is not None:
+            self.dhcp.close()
+        if self.tftp is not None:
+            self.tftp.close()
+        self.threads = []
+
+
+def run(site, root: Path, log: Callable[[str], None], stop: threading.Event) -> None:
+    """Serve until `stop` is set (the task sets it on SIGINT/SIGTERM)."""
+    the_plan = plan(site, root)
+    service = Service(the_plan, site, log)
+    service.start()
+    p = the_plan
+    extra = f", range {p.dhcp_range[0]}-{p.dhcp_range[1]}" if p.dhcp_range else ""
+    log(
+        f"serving on {p.interface} ({p.address.ip}): {p.mode} DHCP{extra}, TFTP from "
+        f"{p.tftp_root}, HTTP on port {p.http_port}; armed: "
+        f"{', '.join(sorted(arming.load(p.state_dir))) or 'none'}"
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        service.stop()
+        log("stopped")
