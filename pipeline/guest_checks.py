@@ -1,0 +1,225 @@
+"""Everything guest.build checks before it touches anything; all problems are reported at once.
+
+The name is a hostname not in use; the IP lies in host.subnet and is nobody else's; memory and
+vcpus fit the host; the storage has room; the MAC derived from the name collides with no other.
+"""
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Set
+
+from pipeline import lvm, mac, xl
+from pipeline import subnet as subnet_math
+from pipeline.config import GuestConfig, Site
+from pipeline.errors import BadInput, Problem
+
+# RFC 1123 host name label; also keeps LV names (NAME-disk), paths and xl's name= plain.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+XEN_DIR = "/etc/xen"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host can give guests: memory in bytes and CPUs, and where that was read."""
+
+    memory: int
+    cpus: int
+    source: str
+
+
+def host_facts() -> HostFacts:
+    """From `xl info` where Xen runs (free memory of the hypervisor), else /proc/meminfo and nproc."""
+    text = xl.run("info")
+    if text:
+        info = xl.parse_info(text)
+        try:
+            return HostFacts(
+                int(info["free_memory"]) << 20, int(info["nr_cpus"]), "xl info (free memory)"
+            )
+        except (KeyError, ValueError):
+            pass
+    total = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+    return HostFacts(total, os.cpu_count() or 1, "/proc/meminfo (total memory)")
+
+
+def cfg_path(root: Path, name: str) -> Path:
+    return root / XEN_DIR.lstrip("/") / f"{name}.cfg"
+
+
+def other_cfgs(root: Path, name: str) -> Dict[str, str]:
+    """{guest name: cfg text} of the other guests' configs in ROOT/etc/xen (ours or hand-made)."""
+    found = {}
+    xen = root / XEN_DIR.lstrip("/")
+    if xen.is_dir():
+        for path in sorted(xen.glob("*.cfg")):
+            if path.stem != name and path.is_file():
+                found[path.stem] = path.read_text(errors="replace")
+    return found
+
+
+def existing(site: Site, name: str, root: Path, state_dir: Path) -> List[str]:
+    """What of guest `name` is already there: its cfg, autostart link, state, volumes, domain."""
+    found = []
+    for path in (cfg_path(root, name), root / "etc/xen/auto" / f"{name}.cfg", state_dir):
+        if path.exists() or path.is_symlink():
+            found.append(str(path))
+    storage = site.host.storage
+    if storage.kind == "lvm":
+        if lvm.vg(storage.volume_group) is not None:
+            names = {row["lv_name"] for row in lvm.lvs(storage.volume_group)}
+            for role in ("disk", "swap"):
+                if f"{name}-{role}" in names:
+                    found.append(f"LV {storage.volume_group}/{name}-{role}")
+    else:
+        folder = Path(storage.dir) / name
+        if folder.exists():
+            found.append(str(folder))
+    running = xl.run("list")
+    if running and any(d.name == name for d in xl.parse_list(running)):
+        found.append(f"running domain {name}")
+    return found
+
+
+def check(
+    site: Site,
+    name: str,
+    root: Path,
+    state_dir: Path,
+    facts: HostFacts,
+    force: bool = False,
+) -> GuestConfig:
+    """The guest's config when everything fits; BadInput listing every problem otherwise."""
+    prefix = f"guests.{name}"
+    problems: List[Problem] = []
+    if not _HOSTNAME.match(name):
+        problems.append(
+            Problem("--name", name, "is not a host name (letters, digits, '-', at most 63)")
+        )
+    guest = site.guests.get(name)
+    if guest is None:
+        problems.append(Problem(prefix, None, "is not in the site config (guests: in invoke.yaml)"))
+        raise BadInput.of(problems)
+
+    present = existing(site, name, root, state_dir) if not problems else []
+    if any(item.startswith("running domain") for item in present):
+        problems.append(
+            Problem("--name", name, "is running under Xen: xl shutdown it before rebuilding")
+        )
+    elif present and not force:
+        problems.append(
+            Problem(
+                "--name", name, "exists already (" + ", ".join(present) + "); --force rebuilds it"
+            )
+        )
+
+    problems += _network(site, name, guest, root)
+    if guest.memory > facts.memory:
+        problems.append(
+            Problem(
+                f"{prefix}.memory",
+                guest.memory >> 20,
+                f"MiB is more than the host has ({facts.memory >> 20} MiB, {facts.source})",
+            )
+        )
+    if guest.vcpus > facts.cpus:
+        problems.append(
+            Problem(f"{prefix}.vcpus", guest.vcpus, f"is more than the host's {facts.cpus} CPUs")
+        )
+    problems += _storage(site, name, guest, force)
+    if problems:
+        raise BadInput.of(problems)
+    return guest
+
+
+def _network(site: Site, name: str, guest: GuestConfig, root: Path) -> List[Problem]:
+    prefix = f"guests.{name}"
+    problems = []
+    net = site.host.subnet
+    bridge = site.host.bridge_interface.ip
+    if guest.ip is None:
+        problems.append(Problem(f"{prefix}.ip", None, f"is required (an address in {net})"))
+    else:
+        why = subnet_math.host_address_problem(net, guest.ip)
+        if why is None and guest.ip == bridge:
+            why = "is the bridge's address"
+        if why is None:
+            owner = _ip_owner(site, name, root, guest.ip)
+            if owner:
+                why = f"is {owner}'s already"
+        if why:
+            problems.append(Problem(f"{prefix}.ip", str(guest.ip), why))
+    if guest.gateway is not None:
+        why = subnet_math.host_address_problem(net, guest.gateway)
+        if why is None and guest.gateway == guest.ip:
+            why = "is the guest's own address"
+        if why:
+            problems.append(Problem(f"{prefix}.gateway", str(guest.gateway), why))
+    mine = mac.derive(name)
+    names: Set[str] = set(site.guests) | set(other_cfgs(root, name)) | {name}
+    for found_mac, owners in mac.collisions(sorted(names)).items():
+        if name in owners:
+            others = ", ".join(o for o in owners if o != name)
+            problems.append(Problem("--name", name, f"derives MAC {found_mac}, as {others} does"))
+    for other, text in other_cfgs(root, name).items():
+        if mine in xl_macs(text):
+            problems.append(Problem("--name", name, f"derives MAC {mine}, which {other}.cfg uses"))
+    return problems
+
+
+def xl_macs(text: str) -> List[str]:
+    from pipeline.xl_config import parse_vif
+
+    return parse_vif(text)[1]
+
+
+def _ip_owner(site: Site, name: str, root: Path, ip: ipaddress.IPv4Address) -> Optional[str]:
+    for other, cfg in site.guests.items():
+        if other != name and cfg.ip == ip:
+            return f"guests.{other}"
+    from pipeline.xl_config import parse_vif
+
+    for other, text in other_cfgs(root, name).items():
+        if str(ip) in parse_vif(text)[0]:
+            return f"{other}.cfg"
+    return None
+
+
+def _storage(site: Site, name: str, guest: GuestConfig, force: bool) -> List[Problem]:
+    storage = site.host.storage
+    if storage.kind != "lvm":
+        folder = Path(storage.dir)
+        if folder.exists() and not folder.is_dir():
+            return [Problem("host.storage.dir", storage.dir, "is not a directory")]
+        return []
+    vg = lvm.vg(storage.volume_group)
+    if vg is None:
+        return [
+            Problem(
+                "host.storage.volume_group",
+                storage.volume_group,
+                "does not exist (invoke host.storage makes it)",
+            )
+        ]
+    extent = int(vg["vg_extent_size"])
+    free = int(vg["vg_free"])
+    if force:  # --force frees this guest's old volumes first
+        for row in lvm.lvs(storage.volume_group):
+            if row["lv_name"] in (f"{name}-disk", f"{name}-swap"):
+                free += int(row["lv_size"])
+    need = sum(-(-size // extent) * extent for size in (guest.disk, guest.swap))
+    if need > free:
+        return [
+            Problem(
+                f"guests.{name}.disk",
+                f"{guest.disk >> 20}M + swap {guest.swap >> 20}M",
+                f"do not fit: VG {storage.volume_group} has {free >> 20} MiB free",
+            )
+        ]
+    return []
