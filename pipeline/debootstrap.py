@@ -37,7 +37,8 @@ def file_sha256(path: Path) -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a lock file, made if missing) for the block's duration."""
     with open(str(path), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -55,7 +56,7 @@ def cached_dir(entry: Path, build: Callable[[Path], None]) -> Path:
     if entry.is_dir():
         return entry
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(entry.parent / f".{entry.name}.lock"):
+    with locked(entry.parent / f".{entry.name}.lock"):
         if entry.is_dir():  # built by someone else while we waited
             return entry
         tmp = Path(tempfile.mkdtemp(dir=str(entry.parent), prefix=f".{entry.name}.tmp-"))

@@ -14,7 +14,7 @@ XEN_OUI = "00:16:3e"
 
 def derive(name: str) -> str:
     digest = hashlib.sha256(name.encode()).digest()
-    # Clear the top bit of the fourth octet: Xen's own tools set it for random MACs they make.
+    # Keep the fourth octet below 0x80, as xapi and virt-manager do for the Xen MACs they draw.
     tail = bytes([digest[0] & 0x7F, digest[1], digest[2]])
     return XEN_OUI + ":" + ":".join(f"{b:02x}" for b in tail)
 

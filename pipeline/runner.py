@@ -107,7 +107,9 @@ class Runner:
         try:
             yield self
         except BaseException:
-            self.rollback()
+            for left in self.rollback():
+                # The original error still propagates; what could not be undone must be seen.
+                self.say(f"could not roll back: {left}")
             raise
         self._undo.clear()
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, List
@@ -46,6 +47,70 @@ def invoke(*args: str, cwd: Path = REPO, env=None) -> subprocess.CompletedProces
     return subprocess.run(
         INVOKE + list(args), cwd=str(cwd), text=True, capture_output=True, env=full_env
     )
+
+
+# --- the lab's network in namespaces: a router, the host, guests on vif-like veths ---------------
+#   router (198.51.100.1/30) --veth-- eth0 (198.51.100.2/30) host xenbr0 (192.0.2.1/28)
+#                                                  \-- vif1.0 --veth-- eth0 guest (192.0.2.2/28)
+LAB_SUBNET = "192.0.2.0/28"
+
+
+@pytest.fixture
+def lab(netns, tmp_path):
+    """The router and host namespaces (no bridge yet: `run()` is host.network in the host)."""
+    router, host = netns("router"), netns("host")
+    sh("ip", "-n", router, "link", "add", "r-up", "type", "veth", "peer", "name", "eth0",
+       "netns", host)  # fmt: skip
+    sh("ip", "-n", router, "addr", "add", "198.51.100.1/30", "dev", "r-up")
+    sh("ip", "-n", router, "link", "set", "r-up", "up")
+    sh("ip", "-n", router, "route", "add", LAB_SUBNET, "via", "198.51.100.2")
+    sh("ip", "-n", host, "addr", "add", "198.51.100.2/30", "dev", "eth0")
+    sh("ip", "-n", host, "link", "set", "eth0", "up")
+    sh("ip", "-n", host, "route", "add", "default", "via", "198.51.100.1")
+    root = tmp_path / "root"
+    root.mkdir()
+    site = tmp_path / "site.yaml"
+    site.write_text(f"host:\n  subnet: {LAB_SUBNET}\n")
+
+    def run(*args):
+        return invoke("-f", str(site), "host.network", "--netns", host, "--root", str(root), *args)
+
+    return {"router": router, "host": host, "root": root, "site": site, "run": run, "netns": netns}
+
+
+def attach_guest(lab, address="192.0.2.2/28", gateway="192.0.2.1", vif="vif1.0", mac=None):
+    """A guest namespace on a veth whose host end joins the bridge, as Xen's vif-bridge script
+    does; `mac` is the guest's eth0 MAC (as xl.cfg's vif mac=), random when None."""
+    guest, host = lab["netns"]("guest"), lab["host"]
+    sh("ip", "-n", guest, "link", "add", "eth0", "type", "veth", "peer", "name", vif,
+       "netns", host)  # fmt: skip
+    if mac:
+        sh("ip", "-n", guest, "link", "set", "eth0", "address", mac)
+    sh("ip", "-n", host, "link", "set", vif, "master", "xenbr0", "up")
+    sh("ip", "-n", guest, "addr", "add", address, "dev", "eth0")
+    sh("ip", "-n", guest, "link", "set", "eth0", "up")
+    sh("ip", "-n", guest, "route", "add", "default", "via", gateway)
+    return guest
+
+
+def lab_with_guest(lab, name="guest-01", address="192.0.2.2/28"):
+    """host.network run, `name` attached on vif1.0 with the MAC xenlab derives for it, and one
+    ping from the router to the guest through the host (so ARP and the bridge have seen it)."""
+    from pipeline.mac import derive
+
+    r = lab["run"]()
+    assert r.returncode == 0, r.stderr
+    guest = attach_guest(lab, address=address, mac=derive(name))
+    ip = address.split("/")[0]
+    ping = sh("ip", "netns", "exec", lab["router"], "ping", "-c1", "-W5", ip, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    # The kernel reports a link's operational state up to a second after traffic flows.
+    for _ in range(50):
+        states = {a["ifname"]: a["operstate"] for a in ip_json(lab["host"], "link", "show")}
+        if all(states[n] == "UP" for n in ("eth0", "xenbr0", "vif1.0")):
+            break
+        time.sleep(0.2)
+    return guest
 
 
 # --- block devices: sparse files behind loop devices, LVM on them --------------------------------

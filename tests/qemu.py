@@ -46,6 +46,16 @@ class Vm:
             self.proc.wait(timeout=30)
 
 
+def add_bridge(netns: str, bridge: str, *addresses: str) -> str:
+    """A bridge in `netns` as the VM's segment: no STP, no forward delay, the addresses, up."""
+    sh("ip", "-n", netns, "link", "add", bridge, "type", "bridge",
+       "forward_delay", "0", "stp_state", "0")  # fmt: skip
+    for address in addresses:
+        sh("ip", "-n", netns, "addr", "add", address, "dev", bridge)
+    sh("ip", "-n", netns, "link", "set", bridge, "up")
+    return bridge
+
+
 def add_tap(netns: str, bridge: str, tap: str) -> str:
     """A tap device in `netns`, enslaved to `bridge`, up."""
     sh("ip", "-n", netns, "tuntap", "add", "dev", tap, "mode", "tap")

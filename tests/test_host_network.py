@@ -9,9 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import invoke, ip_json, sh
-
-SUBNET = "192.0.2.0/28"
+from tests.conftest import attach_guest, invoke, ip_json, sh
 
 
 def forwarding(ns: str) -> str:
@@ -52,66 +50,6 @@ def files(root) -> dict:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
-
-
-@pytest.fixture
-def lab(netns, tmp_path):
-    router, host = netns("router"), netns("host")
-    sh(
-        "ip",
-        "-n",
-        router,
-        "link",
-        "add",
-        "r-up",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        host,
-    )
-    sh("ip", "-n", router, "addr", "add", "198.51.100.1/30", "dev", "r-up")
-    sh("ip", "-n", router, "link", "set", "r-up", "up")
-    sh("ip", "-n", router, "route", "add", SUBNET, "via", "198.51.100.2")
-    sh("ip", "-n", host, "addr", "add", "198.51.100.2/30", "dev", "eth0")
-    sh("ip", "-n", host, "link", "set", "eth0", "up")
-    sh("ip", "-n", host, "route", "add", "default", "via", "198.51.100.1")
-    root = tmp_path / "root"
-    root.mkdir()
-    site = tmp_path / "site.yaml"
-    site.write_text(f"host:\n  subnet: {SUBNET}\n")
-
-    def run(*args):
-        return invoke("-f", str(site), "host.network", "--netns", host, "--root", str(root), *args)
-
-    return {"router": router, "host": host, "root": root, "site": site, "run": run, "netns": netns}
-
-
-def attach_guest(lab, address="192.0.2.2/28", gateway="192.0.2.1"):
-    """A guest namespace on a veth whose host end joins the bridge, as Xen's vif-bridge script does."""
-    guest, host = lab["netns"]("guest"), lab["host"]
-    sh(
-        "ip",
-        "-n",
-        guest,
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vif1.0",
-        "netns",
-        host,
-    )
-    sh("ip", "-n", host, "link", "set", "vif1.0", "master", "xenbr0", "up")
-    sh("ip", "-n", guest, "addr", "add", address, "dev", "eth0")
-    sh("ip", "-n", guest, "link", "set", "eth0", "up")
-    sh("ip", "-n", guest, "route", "add", "default", "via", gateway)
-    return guest
 
 
 def test_bridge_address_forwarding_and_routed_guest(lab):

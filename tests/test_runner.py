@@ -96,3 +96,20 @@ def test_run_in_dry_run_only_prints_changing_commands():
     assert r.run(["touch", "/nonexistent/x"]) == ""
     assert lines == ["would run: touch /nonexistent/x"]
     assert r.run(["echo", "read"], changes=False) == "read\n"
+
+
+def test_an_undo_that_fails_is_reported_and_the_rest_still_undone():
+    said = []
+    runner = Runner(say=said.append)
+    undone = []
+
+    def broken_undo():
+        raise OSError("device busy")
+
+    with pytest.raises(RuntimeError):
+        with runner.transaction():
+            runner.change("first", lambda: None, lambda: undone.append("first"))
+            runner.change("second", lambda: None, broken_undo)
+            raise RuntimeError("step three failed")
+    assert undone == ["first"]
+    assert any("could not roll back: second: device busy" in line for line in said), said
