@@ -5,7 +5,7 @@
 
 The recipe's topology (../shared/recipes/pxe-in-netns.md) in a fresh namespace: a bridge with
 a tap, full DHCP; the debian-12 boot tree from `invoke pxe.build` (downloads cached in
-$TMPDIR/xenlab-test-pxe-cache, shared with the tests). qemu runs under TCG, so the figures
+$XENLAB_CACHE/pxe-test-downloads, shared with the tests). qemu runs under TCG, so the figures
 depend on the machine's load; run it on a quiet machine. Prints the seconds from qemu's start
 to each step as the server logs it. Run as root; everything it makes is removed at the end.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 INVOKE = [sys.executable, "-m", "invoke"]
 MAC = "52:54:00:79:00:10"
-CACHE = Path(tempfile.gettempdir()) / "xenlab-test-pxe-cache"
+CACHE = Path(os.environ.get("XENLAB_CACHE", "/var/cache/xenlab")) / "pxe-test-downloads"
 STEPS = [
     ("dhcp", r"DHCP ack 10\.77\.0\.\d+ \S"),
     ("loader", r"(TFTP bios/pxelinux\.0|HTTP ipxe/)"),

@@ -12,6 +12,8 @@ from typing import Callable, List
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# What the slow tests build once per machine (chroots, images, downloads) lives here.
+CACHE = Path(os.environ.get("XENLAB_CACHE", "/var/cache/xenlab"))
 INVOKE = [sys.executable, "-m", "invoke"]
 
 

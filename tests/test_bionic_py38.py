@@ -28,14 +28,13 @@ from ruamel.yaml import YAML
 
 from pipeline import debootstrap, ubuntu_keyring
 from pipeline.errors import Failed
-from tests.conftest import REPO, ip_json, sh
+from tests.conftest import CACHE, REPO, ip_json, sh
 
 slow = pytest.mark.slow
 
 RELEASE = "bionic"
 COMPONENTS = ["main", "universe"]
 ARCHIVE = os.environ.get("XENLAB_UBUNTU_ARCHIVE", ubuntu_keyring.DEFAULT_ARCHIVE).rstrip("/")
-CACHE = Path(os.environ.get("XENLAB_CACHE", "/var/cache/xenlab"))
 CHROOTS = CACHE / "chroots"
 APP = "/opt/xenlab"  # the project inside the chroot; its .venv comes from the cached layer
 OUT = "/mnt/xenlab-test"  # a directory of the test's, bind-mounted into the chroot

@@ -16,7 +16,6 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,20 +25,20 @@ import pytest
 
 from pxe import dhcp, menus, tftp
 from tests import qemu
-from tests.conftest import INVOKE, REPO, invoke, sh
+from tests.conftest import CACHE, INVOKE, REPO, invoke, sh
 
 SERVER = "10.77.0.1"
 ARMED = "52:54:00:77:00:10"
 UNARMED = "52:54:00:77:00:11"
 THIRD = "52:54:00:77:00:12"
-# pxe.build's downloads, kept between runs on this machine (not in the system's /var/cache).
-CACHE = Path(tempfile.gettempdir()) / "xenlab-test-pxe-cache"
+# pxe.build's downloads, kept between runs on this machine (beside, not in, pxe.build's own cache).
+DOWNLOADS = CACHE / "pxe-test-downloads"
 
 
 def site_env(tmp_path: Path, **extra: str) -> Dict[str, str]:
     env = {
         "INVOKE_INSTALL_PROFILE": "debian-12",
-        "INVOKE_INSTALL_CACHE_DIR": str(CACHE),
+        "INVOKE_INSTALL_CACHE_DIR": str(DOWNLOADS),
         "INVOKE_PXE_TFTP_ROOT": str(tmp_path / "tree"),
         "INVOKE_PXE_STATE_DIR": str(tmp_path / "state"),
     }

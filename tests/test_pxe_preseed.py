@@ -19,7 +19,7 @@ from pipeline import apt_sources, debootstrap, ubuntu_keyring
 from pipeline.config import InstallConfig
 from pipeline.errors import BadInput
 from pxe import preseed, profiles
-from tests.conftest import invoke, sh
+from tests.conftest import CACHE, invoke, sh
 
 MAC = "52:54:00:77:00:10"
 CALLBACK = f"http://10.77.0.1:8080/callback/{MAC}"
@@ -268,7 +268,7 @@ def test_pxe_preseed_bad_mac_is_exit_2():
 # once, plus the packages the preseed installs) on a loop disk partitioned the way partman leaves
 # it: bionic's sshd checks the config, bionic's tic compiles the terminfo, sfdisk frees the space.
 BIONIC_ARCHIVE = os.environ.get("XENLAB_UBUNTU_ARCHIVE", ubuntu_keyring.DEFAULT_ARCHIVE).rstrip("/")
-CHROOTS = Path(os.environ.get("XENLAB_CACHE", "/var/cache/xenlab")) / "chroots"
+CHROOTS = CACHE / "chroots"
 TARGET_PACKAGES = ["openssh-server", "zsh", "sudo"]
 
 

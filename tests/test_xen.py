@@ -18,11 +18,10 @@ from typing import Iterator
 import pytest
 
 from pipeline import apt_sources, debootstrap, xen
-from tests.conftest import invoke, sh
+from tests.conftest import CACHE, invoke, sh
 
 slow = pytest.mark.slow
 DATA = Path(__file__).parent / "data" / "xl"
-CACHE = Path(os.environ.get("XENLAB_CACHE", "/var/cache/xenlab"))
 RELEASE = "bookworm"
 PACKAGE = "xen-hypervisor-4.17-amd64"
 INCLUDE = ["grub-pc", "linux-image-amd64"]
