@@ -594,7 +594,7 @@ def pxe_status(c, root=None):
     },
 )
 @exits
-def image_build(c, profile, rebuild=False, quiet=False):
+def image_build(c, profile=None, rebuild=False, quiet=False):
     """Build (or reuse) the golden root filesystem of a guest profile with diskimage-builder.
 
     The image is cached under images.cache_dir, keyed by everything that goes into it (profile,

@@ -44,3 +44,6 @@ def test_only_real_tasks_are_listed():
     for name in names:
         r = invoke("--help", name)
         assert r.returncode == 0 and "Docstring:" in r.stdout, (name, r.stdout)
+        # The other order a user types: no required argument may swallow --help as its value.
+        r = invoke(name, "--help")
+        assert r.returncode == 0 and "Docstring:" in r.stdout, (name, r.stdout, r.stderr)
