@@ -470,10 +470,11 @@ def _interface_address(interface):
         "mode": "proxy (beside the site's DHCP server, the default) or dhcp (config pxe.mode)",
         "range": "FIRST-LAST addresses to lease with --mode dhcp (config pxe.dhcp_range)",
         "root": "find the boot tree and the state directory under this directory",
+        "dry_run": "check the settings against the interface, say what would be served, and exit",
     },
 )
 @exits
-def pxe_serve(c, interface=None, mode=None, range=None, root=None):  # noqa: A002 (the flag's name)
+def pxe_serve(c, interface=None, mode=None, range=None, root=None, dry_run=False):  # noqa: A002
     """Serve PXE installs: DHCP (proxy or full), TFTP and HTTP in the foreground until Ctrl-C.
 
     Only armed MACs (`invoke pxe.arm`) get the installer and their preseed, once; every other PXE
@@ -493,6 +494,9 @@ def pxe_serve(c, interface=None, mode=None, range=None, root=None):  # noqa: A00
             "pxe.dhcp_range": ("--range", range),
         },
     )
+    if dry_run:
+        print(f"would serve {serve.describe(serve.plan(site, runner_for(False, root).root))}")
+        return
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -591,10 +595,11 @@ def pxe_status(c, root=None):
         "profile": "the image profile: debian-12 or ubuntu-18.04",
         "rebuild": "build even when the cache holds an image made from the same inputs",
         "quiet": "do not stream diskimage-builder's output",
+        "dry_run": "say whether the cache holds the image and what a build would use; build nothing",
     },
 )
 @exits
-def image_build(c, profile=None, rebuild=False, quiet=False):
+def image_build(c, profile=None, rebuild=False, quiet=False, dry_run=False):
     """Build (or reuse) the golden root filesystem of a guest profile with diskimage-builder.
 
     The image is cached under images.cache_dir, keyed by everything that goes into it (profile,
@@ -608,7 +613,10 @@ def image_build(c, profile=None, rebuild=False, quiet=False):
 
     site = load_site(c.config)
     say = (lambda _line: None) if quiet else console.say
-    golden = image.ensure(profile, site.images, say=say, rebuild=rebuild)
+    golden = image.ensure(profile, site.images, say=say, rebuild=rebuild, dry_run=dry_run)
+    if golden is None:
+        console.say("dry run: nothing was built")
+        return
     if golden.reused:
         console.say(f"reused the cached image {golden.key}: no changes")
     console.table(

@@ -434,10 +434,12 @@ def ensure(
     images: ImagesConfig,
     say: Callable[[str], None] = _silent,
     rebuild: bool = False,
-) -> GoldenImage:
+    dry_run: bool = False,
+) -> Optional[GoldenImage]:
     """The golden image of `profile`, built once per set of inputs; `rebuild` builds it anyway.
 
-    BadInput (nothing touched) for an unknown profile or when no mirror is known.
+    BadInput (nothing touched) for an unknown profile or when no mirror is known. In a dry run,
+    None when it would have to be built (the plan is said instead).
     """
     spec = profile_of(profile)
     plan = make_plan(spec, mirrors_for(spec, images))
@@ -446,6 +448,13 @@ def ensure(
     if not rebuild and _ready(entry):
         say(f"reused the cached {profile} image {plan.key} ({entry})")
         return _golden(entry, reused=True)
+    if dry_run:
+        say(
+            f"would build the {profile} image {plan.key} into {entry} with diskimage-builder:"
+            f" {spec.base_element} {' '.join(spec.elements)}, from {plan.mirrors.main}"
+            + (f" and {plan.mirrors.security}" if plan.mirrors.security else "")
+        )
+        return None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

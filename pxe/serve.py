@@ -274,18 +274,21 @@ class Service:
         self.threads = []
 
 
+def describe(p: Plan) -> str:
+    extra = f", range {p.dhcp_range[0]}-{p.dhcp_range[1]}" if p.dhcp_range else ""
+    return (
+        f"on {p.interface} ({p.address.ip}): {p.mode} DHCP{extra}, TFTP from "
+        f"{p.tftp_root}, HTTP on port {p.http_port}; armed: "
+        f"{', '.join(sorted(arming.load(p.state_dir))) or 'none'}"
+    )
+
+
 def run(site, root: Path, log: Callable[[str], None], stop: threading.Event) -> None:
     """Serve until `stop` is set (the task sets it on SIGINT/SIGTERM)."""
     the_plan = plan(site, root)
     service = Service(the_plan, site, log)
     service.start()
-    p = the_plan
-    extra = f", range {p.dhcp_range[0]}-{p.dhcp_range[1]}" if p.dhcp_range else ""
-    log(
-        f"serving on {p.interface} ({p.address.ip}): {p.mode} DHCP{extra}, TFTP from "
-        f"{p.tftp_root}, HTTP on port {p.http_port}; armed: "
-        f"{', '.join(sorted(arming.load(p.state_dir))) or 'none'}"
-    )
+    log(f"serving {describe(the_plan)}")
     try:
         while not stop.wait(0.5):
             pass

@@ -461,3 +461,13 @@ def test_kernel_hook_keeps_grub_cfg_right(golden, tmp_path):
         (boot / name).unlink()
     assert run_hook()[0] == "/boot/vmlinuz-6.1.0-10-amd64"
     assert "root=/dev/xvda2" in (boot / "grub/grub.cfg").read_text()
+
+
+def test_dry_run_says_what_it_would_build_and_makes_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    done = invoke("image.build", "--profile", "debian-12", "--dry-run",
+                  env={"INVOKE_IMAGES_CACHE_DIR": str(cache)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "would build the debian-12 image" in done.stdout
+    assert "xenlab-guest" in done.stdout and "nothing was built" in done.stdout
+    assert not cache.exists()

@@ -357,6 +357,20 @@ def test_bad_input_is_exit_2_before_serving(
     assert not listening(srv)
 
 
+def test_dry_run_says_what_it_would_serve_and_opens_nothing(segment, stand_in_tree, tmp_path):
+    srv, _ = segment
+    proc = subprocess.run(
+        ["ip", "netns", "exec", srv, *INVOKE, "pxe.serve", "--interface", "pxe0",
+         "--mode", "dhcp", "--range", "10.77.0.50-10.77.0.99", "--dry-run"],
+        cwd=str(REPO), env=dict(os.environ, **site_env(tmp_path)), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "would serve on pxe0 (10.77.0.1): dhcp DHCP, range 10.77.0.50-10.77.0.99" in proc.stdout
+    assert not listening(srv)
+    assert not (tmp_path / "state").exists()
+
+
 def test_missing_boot_tree_is_exit_1(segment, tmp_path):
     srv, _ = segment
     proc = subprocess.run(
