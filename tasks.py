@@ -650,6 +650,7 @@ def image_build(c, profile=None, rebuild=False, quiet=False, dry_run=False):
         "force": "replace an existing guest of that name: its volumes, config and seed go first",
         "dry_run": COMMON_HELP["dry_run"],
         "root": "put /etc/xen and the seed under this directory (volumes stay real)",
+        "quiet": "no progress lines (image build, filesystem write); the summary still prints",
     },
 )
 @exits
@@ -666,6 +667,7 @@ def guest_build(
     force=False,
     root=None,
     dry_run=False,
+    quiet=False,
 ):
     """Build a Xen guest from the golden image: volumes, root filesystem, NoCloud seed, xl config.
 
@@ -695,7 +697,8 @@ def guest_build(
         },
     )
     runner = runner_for(dry_run, root)
-    built = guest.build(site, name, runner, force=force, start=not no_start, say=console.say)
+    say = (lambda _line: None) if quiet else console.say
+    built = guest.build(site, name, runner, force=force, start=not no_start, say=say)
     if dry_run:
         console.say("dry run: nothing was changed")
         return

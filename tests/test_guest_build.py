@@ -462,6 +462,13 @@ def test_invoke_builds_a_guest_from_the_golden_image(tmp_path):
     # The tree's kernel and grub config are there for pygrub.
     grub = sh("debugfs", "-R", "cat /boot/grub/grub.cfg", str(disk)).stdout
     assert "menuentry" in grub
+    assert "root filesystem written in" in out
+    # Again, replacing it, quietly: no progress lines, the summary still there.
+    quiet = invoke("-f", str(site), "guest.build", "--name", "t-guest", "--root", str(root),
+                   "--no-start", "--force", "-q")  # fmt: skip
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "root filesystem written" not in quiet.stdout
+    assert "Hostname       :  t-guest" in quiet.stdout
 
 
 def test_ubuntu_profile_gets_a_filesystem_its_kernel_mounts_and_hosts_allow(tmp_path, golden):
