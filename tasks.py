@@ -424,17 +424,11 @@ def pxe_preseed(c, mac=None, address=None, root=None):
     """
     import sys
 
-    from pipeline.config import load_site, normal_mac
+    from pipeline.config import load_site
     from pxe import preseed
 
     site = load_site(c.config)
-    raw = mac or site.install.mac
-    if raw is None:
-        raise BadInput("--mac", None, "is required (or set install.mac)")
-    try:
-        mac = normal_mac(raw)
-    except ValueError as exc:
-        raise BadInput("--mac" if mac else "install.mac", raw, str(exc)) from None
+    mac = _pxe_mac(site, mac)
     address = address or _interface_address(site.pxe.interface) or "pxe-server"
     callback = f"http://{address}:{site.pxe.http_port}/callback/{mac}"
     text = preseed.render(site.install, mac, callback)
@@ -450,16 +444,13 @@ def pxe_preseed(c, mac=None, address=None, root=None):
 
 def _interface_address(interface):
     """The first IPv4 address of `interface`, or None."""
-    import json
-    import subprocess
+    from pxe import serve
 
     if not interface:
         return None
-    proc = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", interface],
-                          capture_output=True, text=True)  # fmt: skip
     try:
-        return json.loads(proc.stdout)[0]["addr_info"][0]["local"]
-    except (ValueError, IndexError, KeyError):
+        return str(serve.interface_address(interface)[0].ip)
+    except BadInput:
         return None
 
 

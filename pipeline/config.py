@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
+from pipeline import mac as macs
 from pipeline import subnet as subnet_math
 from pipeline import units
 from pipeline.errors import BadInput, Problem
@@ -158,7 +159,6 @@ class HostConfig(_Strict):
 # --- install.* and pxe.* (issue 4) ------------------------------------------------------------
 # Values that go into the preseed and the boot menus (jinja2 templates): each is checked against
 # a strict pattern here, so no template ever sees a quote, a space where none belongs or a newline.
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -176,14 +176,6 @@ _SSH_KEY = re.compile(
     r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
     r" [A-Za-z0-9+/]+={0,3}( [\x21-\x7e][\x20-\x7e]*)?$"
 )
-
-
-def normal_mac(value: Any) -> str:
-    """'34:17:EB:F0:DC:E3' or '34-17-eb-f0-dc-e3' -> '34:17:eb:f0:dc:e3'; ValueError otherwise."""
-    text = str(value).strip().lower().replace("-", ":") if isinstance(value, str) else ""
-    if not _MAC.fullmatch(text):
-        raise ValueError("is not a MAC address such as 34:17:eb:f0:dc:e3")
-    return text
 
 
 def _matching(pattern: "re.Pattern", what: str):
@@ -245,7 +237,7 @@ class InstallConfig(_Strict):
     @field_validator("mac", mode="before")
     @classmethod
     def _mac(cls, value: Any) -> Optional[str]:
-        return None if value in (None, "") else normal_mac(value)
+        return None if value in (None, "") else macs.normalise(value)
 
     @field_validator("disk")
     @classmethod

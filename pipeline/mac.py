@@ -7,9 +7,23 @@ and two names collide only with a probability of about n^2 / 2^25, which guest.b
 """
 
 import hashlib
+import re
 from typing import Dict, Iterable
 
 XEN_OUI = "00:16:3e"
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def normalise(value: object) -> str:
+    """'34-17-EB-F0-DC-E3', '3417.ebf0.dce3' or '3417ebf0dce3' -> '34:17:eb:f0:dc:e3'.
+
+    ValueError otherwise: the one form every file, menu and log line of xenlab uses.
+    """
+    text = value.strip().lower().replace(".", "") if isinstance(value, str) else ""
+    if not _MAC.match(text):
+        raise ValueError("is not a MAC address (six hex pairs, e.g. 34:17:eb:f0:dc:e3)")
+    digits = re.sub(r"[:-]", "", text)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 def derive(name: str) -> str:

@@ -7,27 +7,25 @@ half of it, and `invoke pxe.arm` takes effect while the server runs.
 """
 
 import json
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
+from pipeline import mac as macs
 from pipeline.errors import BadInput
 from pipeline.runner import Runner
 
 FILE = "armed.json"
-_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _lock = threading.Lock()  # the server's own callbacks, one at a time
 
 
 def normalise_mac(value: object, field: str = "--mac") -> str:
-    """'34-17-EB-F0-DC-E3', '3417.ebf0.dce3' or '3417ebf0dce3' -> '34:17:eb:f0:dc:e3'."""
-    text = str(value or "").strip().lower().replace(".", "")
-    if not _MAC.match(text):
-        raise BadInput(field, value, "is not a MAC address (six hex pairs, e.g. 34:17:eb:f0:dc:e3)")
-    digits = re.sub(r"[:-]", "", text)
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    """pipeline.mac.normalise, with bad input named after `field` (exit 2)."""
+    try:
+        return macs.normalise(value)
+    except ValueError as exc:
+        raise BadInput(field, value, str(exc)) from None
 
 
 def state_file(state_dir: Path) -> Path:

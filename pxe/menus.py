@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from pipeline.config import KERNEL_ARG, InstallConfig, normal_mac
+from pipeline import mac as macs
+from pipeline.config import KERNEL_ARG, InstallConfig
 from pipeline.errors import BadInput
 from pxe.templating import render_template
 
@@ -177,7 +178,7 @@ def loader_for(arch: int, user_class: Optional[bytes], mac: str, server: ServerI
     HTTP), GRUB through shim for EFI (option 93 of 6, 7, 9), pxelinux for the rest."""
     if user_class == b"iPXE":
         _check(server)
-        return f"{base_url(server)}/ipxe/{normal_mac(mac)}.ipxe"
+        return f"{base_url(server)}/ipxe/{macs.normalise(mac)}.ipxe"
     if arch in EFI_ARCHES:
         return EFI_LOADER
     return BIOS_LOADER

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
+from pipeline import mac as macs
 from pipeline import units
-from pipeline.config import InstallConfig, normal_mac
+from pipeline.config import InstallConfig
 from pipeline.errors import BadInput
 from pxe import partition_plan, profiles
 from pxe.templating import Block, render_template
@@ -65,7 +66,7 @@ def setup_script(install: InstallConfig) -> str:
 def render(install: InstallConfig, mac: str, callback_url: str) -> str:
     """The preseed for `mac`; its late_command ends by fetching `callback_url`."""
     try:
-        mac = normal_mac(mac)
+        mac = macs.normalise(mac)
     except ValueError as exc:
         raise BadInput("mac", mac, str(exc)) from None
     if not _CALLBACK.fullmatch(callback_url):
