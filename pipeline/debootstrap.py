@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from pipeline.checksums import file_digest
 from pipeline.errors import Failed
 
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -26,14 +27,6 @@ def cache_key(*parts: object) -> str:
     """A short, stable hash of JSON-able `parts`."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(str(path), "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 16), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -88,7 +81,7 @@ def cached_root(
         variant,
         components,
         include,
-        file_sha256(keyring) if keyring else None,
+        file_digest(keyring) if keyring else None,
     )
     argv = ["debootstrap", f"--variant={variant}"]
     if components:

@@ -21,22 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional
 
+from pipeline.checksums import file_digest
 from pipeline.errors import BadInput, Failed
 
 CHUNK = 1 << 20
 TIMEOUT = 60
-
-
-def sha256_of(path: Path) -> str:
-    return hash_of(path, "SHA256")
-
-
-def hash_of(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm.lower())
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_sha256sums(text: str) -> Dict[str, str]:
@@ -113,7 +102,7 @@ class Cache:
         """The file at `url` whose SHA256 must be `sha256`, from the cache or downloaded into it."""
         name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
         target = self._dir("downloads") / f"{sha256[:16]}-{name}"
-        if target.is_file() and sha256_of(target) == sha256:
+        if target.is_file() and file_digest(target) == sha256:
             return target
         self.say(f"downloading {url}")
         fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{name}.")
@@ -161,7 +150,7 @@ class Cache:
         _, filename, _, algorithm, digest = found.groups()
         debs = self._dir("debs")
         target = debs / filename
-        if target.is_file() and hash_of(target, algorithm) == digest:
+        if target.is_file() and file_digest(target, algorithm) == digest:
             return target
         self.say(f"downloading the Debian package {package}")
         with tempfile.TemporaryDirectory(dir=str(debs), prefix=".apt.") as tmp:
@@ -172,7 +161,7 @@ class Cache:
             got = Path(tmp) / filename
             if proc.returncode != 0 or not got.is_file():
                 raise Failed(f"apt-get download {package} failed: {proc.stderr.strip()}")
-            if hash_of(got, algorithm) != digest:
+            if file_digest(got, algorithm) != digest:
                 raise Failed(
                     f"{filename} does not match the {algorithm} apt's indexes give: refusing it"
                 )
@@ -204,7 +193,7 @@ class Cache:
     def unpacked_tarball(self, tarball: Path, field: str = "--installer") -> Path:
         """A netboot tarball's contents, unpacked once (by its SHA256); members that would land
         outside (absolute, '..', devices) are refused."""
-        target = self._dir("unpacked") / f"tar-{sha256_of(tarball)[:16]}"
+        target = self._dir("unpacked") / f"tar-{file_digest(tarball)[:16]}"
         if target.is_dir():
             return target
         self.say(f"unpacking {tarball.name}")
