@@ -63,9 +63,9 @@ def runner_for(dry_run: bool, root: Optional[str]):
 @exits
 def network(c, bridge=None, subnet=None, address=None, netns=None, root=None, dry_run=False):
     """Make the guests' routed bridge: up, with the subnet's first address, forwarding on, persisted."""
-    from netlink import host_network
     from pipeline import console
     from pipeline.config import load_site
+    from pipeline.host import network as host_network
 
     site = load_site(
         c.config,
@@ -130,8 +130,8 @@ def storage(c, device=None, size=None, volume_group=None, json=False, dry_run=Fa
     changes nothing.
     """
     from pipeline import console, units
-    from pipeline import storage as host_storage
     from pipeline.config import load_site
+    from pipeline.host import storage as host_storage
 
     site = load_site(
         c.config,
@@ -185,8 +185,8 @@ def xen(c, package=None, dom0_mem=None, root=None, json=False, dry_run=False):
     from dataclasses import asdict
 
     from pipeline import console
-    from pipeline import xen as host_xen
     from pipeline.config import load_site
+    from pipeline.host import xen as host_xen
 
     site = load_site(
         c.config,
@@ -232,10 +232,10 @@ def check(c, netns=None, json=False):
 
     For each: ok, or what is missing and which task fixes it. Reads only. Exit 0 when every step holds, 1 otherwise.
     """
-    from pipeline import check as host_check
     from pipeline import console
     from pipeline.config import load_site
     from pipeline.errors import Failed
+    from pipeline.host import check as host_check
 
     site = load_site(c.config)
     lines = host_check.evaluate(host_check.gather(site.host, netns=netns))
@@ -261,12 +261,12 @@ READ_HELP = {
 
 def _lab(c, netns: Optional[str], root: Optional[str], dry_run: bool = False):
     """The site, a runner for the output files, and everything read from the live system."""
-    from pipeline import diagram as drawing
     from pipeline.config import load_site
+    from pipeline.lab import read
 
     site = load_site(c.config)
     runner = runner_for(dry_run, root)
-    lab = drawing.read_lab(site.guests, site.host.bridge, runner.root, netns)
+    lab = read.read_lab(site.guests, site.host.bridge, runner.root, netns)
     return site, runner, lab
 
 
@@ -279,7 +279,7 @@ def _check_output(flag: str, path: str, formats) -> None:
 
 
 def _draw(runner, lab, output: str) -> bool:
-    from pipeline import diagram as drawing
+    from pipeline.lab import diagram as drawing
 
     fmt = drawing.output_format(output)
     data = drawing.render(drawing.to_dot(drawing.build(lab.topology, lab.guests, lab.xen)), fmt)
@@ -328,8 +328,8 @@ def report(c, netns=None, root=None, markdown=None, diagram_file=None):
     import os
 
     from pipeline import console
-    from pipeline import diagram as drawing
-    from pipeline import report as lab_report
+    from pipeline.lab import diagram as drawing
+    from pipeline.lab import report as lab_report
 
     if markdown is not None:
         _check_output("--markdown", markdown, ("md",))
@@ -599,8 +599,9 @@ def image_build(c, profile=None, rebuild=False, quiet=False, dry_run=False):
     images.mirror and images.security_mirror, Ubuntu's from images.ubuntu_mirror, by default
     from this machine's apt sources (Ubuntu: else archive.ubuntu.com).
     """
-    from pipeline import console, image
+    from pipeline import console
     from pipeline.config import load_site
+    from pipeline.guest import image
 
     site = load_site(c.config)
     say = (lambda _line: None) if quiet else console.say
@@ -669,8 +670,9 @@ def guest_build(
     /etc/xen/auto when autostart is on, and starts it with xl create. A failure removes what the
     run created. Ends with a summary: hostname, distribution, MAC, IP, SSH host key fingerprints.
     """
-    from pipeline import console, guest
+    from pipeline import console
     from pipeline.config import load_site
+    from pipeline.guest import build as guest
 
     if not name or "." in name:
         # The name is also a config key (guests.NAME), so it is checked before the config is read.

@@ -23,8 +23,8 @@ from ruamel.yaml import YAML
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import image  # noqa: E402
 from pipeline.config import ImagesConfig  # noqa: E402
+from pipeline.guest import image  # noqa: E402
 
 RELEASES = {"debian-12": "bookworm", "ubuntu-18.04": "bionic"}
 

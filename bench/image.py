@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true")
     args = parser.parse_args()
 
-    from pipeline import image, ubuntu_keyring
+    from pipeline import ubuntu_keyring
     from pipeline.config import ImagesConfig
+    from pipeline.guest import image
 
     spec = image.profile_of(args.profile)
     mirrors = image.mirrors_for(spec, ImagesConfig())

@@ -74,8 +74,8 @@ def xenlab(ns: str, root: Path) -> None:
 
 def library(ns: str, root: Path) -> None:
     """The same work without the interpreter's start and imports (which a long-lived caller pays once)."""
-    from netlink import host_network
     from pipeline.config import load_site
+    from pipeline.host import network as host_network
     from pipeline.runner import Runner
 
     host_network.configure(
@@ -99,7 +99,7 @@ def main() -> None:
         "xenlab, second run (no changes)": [],
         "xenlab library call, first run": [],
     }
-    import netlink.host_network  # noqa: F401  (imports paid before timing the library call)
+    import pipeline.host.network  # noqa: F401  (imports paid before timing the library call)
 
     for _ in range(rounds):
         for label in ("by hand", "xenlab", "library"):

@@ -3,6 +3,7 @@
 Parsing is separate from running so it can be tested on recorded output (this machine has no Xen).
 """
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -91,3 +92,13 @@ def dom0_mem(info: Dict[str, str]) -> Optional[str]:
         if word.startswith("dom0_mem="):
             return word[len("dom0_mem=") :]
     return None
+
+
+def parse_network_list(text: str) -> Dict[int, str]:
+    """`xl network-list DOMAIN`: {device index: MAC}."""
+    found = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0].isdigit() and re.match(r"^[0-9a-f:]{17}$", words[2], re.I):
+            found[int(words[0])] = words[2].lower()
+    return found

@@ -26,8 +26,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 from ruamel.yaml import YAML
 
-from pipeline import debootstrap, ubuntu_keyring
+from pipeline import ubuntu_keyring
 from pipeline.errors import Failed
+from tests import chroots
 from tests.conftest import CACHE, REPO, ip_json, sh
 
 slow = pytest.mark.slow
@@ -144,7 +145,7 @@ def build_setup_layer(base: Path, setup: bytes, pyproject: bytes, layer: Path) -
     put_host_files(root)
     app = root / APP.lstrip("/")
     copy_project(app, {"setup": setup, "pyproject.toml": pyproject})
-    debootstrap.run_in_chroot(
+    chroots.run_in_chroot(
         root, ["sh", "-c", f"cd {APP} && ./setup"], env=chroot_env(), timeout=1800
     )
     for entry in app.iterdir():
@@ -160,19 +161,19 @@ def build_setup_layer(base: Path, setup: bytes, pyproject: bytes, layer: Path) -
 def setup_layer() -> Path:
     """The cached bionic root with xenlab's ./setup done: built when setup or pyproject.toml changed."""
     keyring = ubuntu_keyring.archive_keyring(CACHE / "keyrings", ARCHIVE)
-    base = debootstrap.cached_root(
+    base = chroots.cached_root(
         RELEASE, ARCHIVE, CHROOTS, variant="minbase", components=COMPONENTS, keyring=keyring
     )
     setup = (REPO / "setup").read_bytes()
     pyproject = (REPO / "pyproject.toml").read_bytes()
-    key = debootstrap.cache_key(
+    key = chroots.cache_key(
         "xenlab-setup-1",
         base.parent.name,
         ARCHIVE,
         hashlib.sha256(setup).hexdigest(),
         hashlib.sha256(pyproject).hexdigest(),
     )
-    layer = debootstrap.cached_dir(
+    layer = chroots.cached_dir(
         CHROOTS / f"{RELEASE}-xenlab-setup-{key}",
         lambda tmp: build_setup_layer(base, setup, pyproject, tmp),
     )
@@ -201,7 +202,7 @@ class Bionic:
         copy_project(app)
 
     def run(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess:
-        return debootstrap.run_in_chroot(
+        return chroots.run_in_chroot(
             self.merged,
             list(argv),
             env=chroot_env(),
@@ -341,12 +342,12 @@ def test_a_failed_build_leaves_nothing_in_the_cache(scratch):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        debootstrap.cached_dir(scratch / "entry", build)
+        chroots.cached_dir(scratch / "entry", build)
     assert [p.name for p in scratch.iterdir() if not p.name.endswith(".lock")] == []
 
     calls = []
-    first = debootstrap.cached_dir(scratch / "entry", lambda tmp: calls.append(tmp))
-    again = debootstrap.cached_dir(scratch / "entry", lambda tmp: calls.append(tmp))
+    first = chroots.cached_dir(scratch / "entry", lambda tmp: calls.append(tmp))
+    again = chroots.cached_dir(scratch / "entry", lambda tmp: calls.append(tmp))
     assert first == again == scratch / "entry" and first.is_dir() and len(calls) == 1
 
 
@@ -354,7 +355,7 @@ def test_a_failed_build_leaves_nothing_in_the_cache(scratch):
 @pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap needs root")
 def test_a_failed_debootstrap_leaves_no_half_tree(scratch):
     with pytest.raises(Failed, match="debootstrap bionic"):
-        debootstrap.cached_root("bionic", "http://127.0.0.1:9/ubuntu", scratch)
+        chroots.cached_root("bionic", "http://127.0.0.1:9/ubuntu", scratch)
     assert [p.name for p in scratch.iterdir() if not p.name.endswith(".lock")] == []
 
 

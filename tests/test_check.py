@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from pipeline import check, xl
+from pipeline import xl
+from pipeline.host import check
 from tests.conftest import invoke, sh
 
 DATA = Path(__file__).parent / "data" / "xl"

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from netlink import links, state, topology
-from pipeline import diagram, xl
+from pipeline import xl
 from pipeline.config import GuestConfig
+from pipeline.guest import xen_cfg
+from pipeline.lab import diagram, read
 from pipeline.mac import derive
 from tests.conftest import invoke, ip_json, lab_with_guest
 
@@ -233,21 +235,21 @@ def _topology(neighbours=(), learned=()):
 def test_recorded_xl_output_puts_running_domains_on_their_vifs():
     """Where Xen runs: xl list's domain ids name the vifs (vifDOMID.0), network-list their MACs,
     ARP gives the address of a domain the site does not know."""
-    xen = diagram.XenState(
+    xen = read.XenState(
         xl.parse_list(XL_LIST),
-        {"guest-01": {}, "web": diagram.parse_network_list(NETWORK_LIST)},
+        {"guest-01": {}, "web": xl.parse_network_list(NETWORK_LIST)},
     )
     topo = _topology(
         neighbours=[
             topology.Neighbour(ipaddress.IPv4Address("192.0.2.9"), "00:16:3e:11:22:33", "xenbr0")
         ]
     )
-    guests = diagram.find_guests(topo, {"guest-01": GuestConfig(ip="192.0.2.2")}, "xenbr0", xen)
+    guests = read.find_guests(topo, {"guest-01": GuestConfig(ip="192.0.2.2")}, "xenbr0", xen)
     by_name = {g.name: g for g in guests}
-    assert by_name["guest-01"] == diagram.Guest(
+    assert by_name["guest-01"] == read.Guest(
         "guest-01", "192.0.2.2/28", derive("guest-01"), "vif3.0", "xenbr0", 3, False, True
     )
-    assert by_name["web"] == diagram.Guest(
+    assert by_name["web"] == read.Guest(
         "web", "192.0.2.9/28", "00:16:3e:11:22:33", "vif5.0", "xenbr0", 5, False, False
     )
     graph = diagram.build(topo, guests, xen)
@@ -263,11 +265,9 @@ def test_recorded_xl_output_puts_running_domains_on_their_vifs():
 
 
 def test_a_site_guest_xl_does_not_list_is_not_running():
-    xen = diagram.XenState(
-        xl.parse_list(XL_LIST.splitlines()[0] + "\n" + XL_LIST.splitlines()[1]), {}
-    )
+    xen = read.XenState(xl.parse_list(XL_LIST.splitlines()[0] + "\n" + XL_LIST.splitlines()[1]), {})
     topo = _topology()
-    guests = diagram.find_guests(topo, {"db": GuestConfig(ip="192.0.2.4")}, "xenbr0", xen)
+    guests = read.find_guests(topo, {"db": GuestConfig(ip="192.0.2.4")}, "xenbr0", xen)
     graph = diagram.build(topo, guests, xen)
     assert "not running (not in xl list)" in graph.node("guest:db").lines
     assert ("bridge:xenbr0", "guest:db", "not seen") in [
@@ -286,32 +286,32 @@ def test_no_default_route_means_no_router_or_internet():
 
 def test_parse_vifs_and_network_list():
     cfg = "name = 'g'\nvif = [ 'ip=192.0.2.2,mac=00:16:3e:00:00:01,bridge=xenbr0',\n  \"mac=00:16:3e:00:00:02\" ]\n"
-    assert diagram.parse_vifs(cfg) == [
+    assert xen_cfg.parse_vifs(cfg) == [
         {"ip": "192.0.2.2", "mac": "00:16:3e:00:00:01", "bridge": "xenbr0"},
         {"mac": "00:16:3e:00:00:02"},
     ]
-    assert diagram.parse_vifs("memory = 1024\n") == []
-    assert diagram.parse_network_list(NETWORK_LIST) == {0: "00:16:3e:11:22:33"}
-    assert diagram.parse_network_list("") == {}
+    assert xen_cfg.parse_vifs("memory = 1024\n") == []
+    assert xl.parse_network_list(NETWORK_LIST) == {0: "00:16:3e:11:22:33"}
+    assert xl.parse_network_list("") == {}
 
 
 def test_autostart_follows_the_link(tmp_path):
     xen = tmp_path / "etc/xen"
     (xen / "auto").mkdir(parents=True)
-    assert diagram.autostart(tmp_path, "g") == diagram.Autostart(False, "no")
+    assert xen_cfg.autostart(tmp_path, "g") == xen_cfg.Autostart(False, "no")
     os.symlink("/etc/xen/g.cfg", str(xen / "auto/g.cfg"))
-    assert not diagram.autostart(tmp_path, "g").on  # the cfg it names is missing
+    assert not xen_cfg.autostart(tmp_path, "g").on  # the cfg it names is missing
     (xen / "g.cfg").write_text("name = 'g'\n")
-    assert diagram.autostart(tmp_path, "g") == diagram.Autostart(True, "yes")
+    assert xen_cfg.autostart(tmp_path, "g") == xen_cfg.Autostart(True, "yes")
     os.unlink(str(xen / "auto/g.cfg"))
     os.symlink("../g.cfg", str(xen / "auto/g.cfg"))
-    assert diagram.autostart(tmp_path, "g").on
+    assert xen_cfg.autostart(tmp_path, "g").on
     (xen / "other.cfg").write_text("")
     os.symlink("/etc/xen/g.cfg", str(xen / "auto/other.cfg"))
-    assert diagram.autostart(tmp_path, "other") == diagram.Autostart(
+    assert xen_cfg.autostart(tmp_path, "other") == xen_cfg.Autostart(
         False, "no (the link points to /etc/xen/g.cfg)"
     )
-    assert diagram.autostart_names(tmp_path) == ["g", "other"]
+    assert xen_cfg.autostart_names(tmp_path) == ["g", "other"]
 
 
 def test_output_format():
@@ -328,7 +328,7 @@ def test_a_guest_only_in_etc_xen_is_drawn_from_its_cfg():
         "old": "vif = ['ip=192.0.2.7,mac=00:16:3E:00:00:07,bridge=xenbr0']\n",
         "odd": "vif = ['ip=not-an-ip,bridge=xenbr0']\n",
     }
-    guests = diagram.find_guests(_topology(), {}, "xenbr0", None, cfgs)
+    guests = read.find_guests(_topology(), {}, "xenbr0", None, cfgs)
     assert [(g.name, g.address, g.mac, g.bridge, g.in_site) for g in guests] == [
         ("odd", None, None, "xenbr0", False),
         ("old", "192.0.2.7/28", "00:16:3e:00:00:07", "xenbr0", False),

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import guest, image, mac, volumes
+from pipeline import mac
 from pipeline.config import ImagesConfig, Site
 from pipeline.errors import BadInput, Failed
+from pipeline.guest import build as guest
+from pipeline.guest import image, volumes
 from pipeline.runner import Runner
 from tests import qemu
 from tests.conftest import sh

@@ -15,11 +15,13 @@ import pytest
 from ruamel.yaml import YAML
 
 from cloudinit import seed
-from pipeline import guest, lvm, mac, xl_config
+from pipeline import lvm, mac
 from pipeline.config import Site
 from pipeline.errors import BadInput, Failed
-from pipeline.guest_checks import HostFacts
-from pipeline.image import GoldenImage
+from pipeline.guest import build as guest
+from pipeline.guest import xen_cfg
+from pipeline.guest.checks import HostFacts
+from pipeline.guest.image import GoldenImage
 from pipeline.runner import Runner
 from tests.conftest import invoke, sh
 
@@ -45,20 +47,20 @@ def xl_cfg(**overrides):
         memory_mib=1024,
         vcpus=2,
         disks=(
-            xl_config.Disk("/dev/VolumeGroupXen/guest-01-disk", "xvda2"),
-            xl_config.Disk("/dev/VolumeGroupXen/guest-01-swap", "xvda1"),
-            xl_config.Disk("/var/lib/xenlab/guests/guest-01/seed.iso", "xvdc", False, True),
+            xen_cfg.Disk("/dev/VolumeGroupXen/guest-01-disk", "xvda2"),
+            xen_cfg.Disk("/dev/VolumeGroupXen/guest-01-swap", "xvda1"),
+            xen_cfg.Disk("/var/lib/xenlab/guests/guest-01/seed.iso", "xvdc", False, True),
         ),
         ip=ipaddress.IPv4Address("192.0.2.2"),
         mac="00:16:3e:3f:a7:7c",
         bridge="xenbr0",
     )
     values.update(overrides)
-    return xl_config.XlConfig(**values)
+    return xen_cfg.XlConfig(**values)
 
 
 def test_xl_cfg_renders_the_lab_guest():
-    text = xl_config.render(xl_cfg())
+    text = xen_cfg.render(xl_cfg())
     lines = [line.strip() for line in text.splitlines()]
     assert 'name = "guest-01"' in lines
     assert "memory = 1024" in lines and "vcpus = 2" in lines
@@ -72,7 +74,7 @@ def test_xl_cfg_renders_the_lab_guest():
     ]
     assert "vif = ['ip=192.0.2.2,mac=00:16:3e:3f:a7:7c,bridge=xenbr0']" in lines
     assert 'on_poweroff = "destroy"' in lines and 'on_crash = "restart"' in lines
-    assert xl_config.parse_vif(text) == (["192.0.2.2"], ["00:16:3e:3f:a7:7c"])
+    assert xen_cfg.vif_addresses(text) == (["192.0.2.2"], ["00:16:3e:3f:a7:7c"])
 
 
 @pytest.mark.parametrize(
@@ -81,16 +83,16 @@ def test_xl_cfg_renders_the_lab_guest():
         {"name": 'evil"name'},
         {"bridge": "xenbr0'\nextra=1"},
         {"mac": "00:16:3E:3F:A7:7C,bridge=x"},
-        {"disks": (xl_config.Disk("/srv/a b.img", "xvda2"),)},
-        {"disks": (xl_config.Disk("/srv/a,b.img", "xvda2"),)},
-        {"disks": (xl_config.Disk("/srv/a.img", "hda'"),)},
+        {"disks": (xen_cfg.Disk("/srv/a b.img", "xvda2"),)},
+        {"disks": (xen_cfg.Disk("/srv/a,b.img", "xvda2"),)},
+        {"disks": (xen_cfg.Disk("/srv/a.img", "hda'"),)},
         {"on_crash": "explode"},
         {"vcpus": 0},
     ],
 )
 def test_xl_cfg_refuses_values_xl_would_misread(overrides):
     with pytest.raises(ValueError):
-        xl_config.render(xl_cfg(**overrides))
+        xen_cfg.render(xl_cfg(**overrides))
 
 
 # --- a small root tree standing in for the golden image -------------------------------------------
@@ -262,7 +264,7 @@ def test_a_failure_after_the_volumes_removes_everything_this_run_made(
     def broken(cfg):
         raise Failed("injected after the volumes, the filesystem and the seed")
 
-    monkeypatch.setattr(xl_config, "render", broken)
+    monkeypatch.setattr(xen_cfg, "render", broken)
     with pytest.raises(Failed, match="injected"):
         guest.build(site, "guest-01", Runner(root=root), image=lambda p: golden, facts=FACTS)
     assert everything_under(root) == []

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from pipeline import image
 from pipeline.config import ImagesConfig
 from pipeline.errors import BadInput, Failed
+from pipeline.guest import image
 from tests.conftest import invoke, sh
 
 DEBIAN = image.PROFILES["debian-12"]

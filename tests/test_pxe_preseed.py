@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import apt_sources, debootstrap, ubuntu_keyring
+from pipeline import apt_sources, ubuntu_keyring
 from pipeline.config import InstallConfig
 from pipeline.errors import BadInput
 from pxe import preseed, profiles
+from tests import chroots
 from tests.conftest import CACHE, invoke, sh
 
 MAC = "52:54:00:77:00:10"
@@ -274,7 +275,7 @@ TARGET_PACKAGES = ["openssh-server", "zsh", "sudo"]
 
 def _bionic_target_layer() -> Path:
     keyring = ubuntu_keyring.archive_keyring(CHROOTS.parent / "keyrings", BIONIC_ARCHIVE)
-    base = debootstrap.cached_root(
+    base = chroots.cached_root(
         "bionic",
         BIONIC_ARCHIVE,
         CHROOTS,
@@ -282,7 +283,7 @@ def _bionic_target_layer() -> Path:
         components=["main", "universe"],
         keyring=keyring,
     )
-    key = debootstrap.cache_key("pxe-target-1", base.parent.name, TARGET_PACKAGES)
+    key = chroots.cache_key("pxe-target-1", base.parent.name, TARGET_PACKAGES)
 
     def build(tmp: Path) -> None:
         root = tmp / "root"
@@ -303,11 +304,11 @@ def _bionic_target_layer() -> Path:
         install = "apt-get update -q && apt-get install -y -q --no-install-recommends " + " ".join(
             TARGET_PACKAGES
         )
-        debootstrap.run_in_chroot(
+        chroots.run_in_chroot(
             root, ["sh", "-c", install], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=1800
         )
 
-    return debootstrap.cached_dir(CHROOTS / f"bionic-pxe-target-{key}", build) / "root"
+    return chroots.cached_dir(CHROOTS / f"bionic-pxe-target-{key}", build) / "root"
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +339,7 @@ def test_setup_script_on_bionic(bionic_target, loop_disk, tmp_path):
         (tmp_path / d).mkdir()
 
     def run(*argv: str) -> subprocess.CompletedProcess:
-        return debootstrap.run_in_chroot(
+        return chroots.run_in_chroot(
             tmp_path / "merged",
             list(argv),
             overlay=(bionic_target, tmp_path / "upper", tmp_path / "work"),

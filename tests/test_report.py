@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from pipeline.lab.report import lvm_size
 from pipeline.mac import derive
-from pipeline.report import lvm_size
 from tests.conftest import invoke, ip_json, lab_with_guest, sh
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import partitions
-from pipeline import storage as host_storage
 from pipeline.config import StorageConfig
+from pipeline.host import partitions
+from pipeline.host import storage as host_storage
 from pipeline.runner import Runner
 from tests.conftest import invoke, sh
 

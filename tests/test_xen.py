@@ -17,7 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from pipeline import apt_sources, debootstrap, xen
+from pipeline import apt_sources
+from pipeline.host import xen
+from tests import chroots
 from tests.conftest import CACHE, invoke, sh
 
 slow = pytest.mark.slow
@@ -188,7 +190,7 @@ def base_root() -> Path:
     for tool in ("debootstrap", "unshare", "chroot"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    return debootstrap.cached_root(RELEASE, _mirror(), CACHE / "chroots", include=INCLUDE)
+    return chroots.cached_root(RELEASE, _mirror(), CACHE / "chroots", include=INCLUDE)
 
 
 @pytest.fixture

@@ -1,43 +1,20 @@
-"""Cached debootstrap trees, and running commands in a chroot without leaking mounts or processes.
+"""Cached debootstrap trees for the tests, and running a command in one.
 
 A tree is built in a temporary directory next to its cache entry and renamed into place only
-when the build succeeded, so the cache never holds a half tree. Entries are keyed by a hash of
-everything that went into them; a lock file keeps two concurrent builders of one entry apart.
+when the build succeeded, so the cache never holds a half tree.
 """
 
-import fcntl
-import hashlib
-import json
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from pipeline.checksums import file_digest
+from pipeline.chroot import cache_key, chroot_argv, locked
 from pipeline.errors import Failed
-
-CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def cache_key(*parts: object) -> str:
-    """A short, stable hash of JSON-able `parts`."""
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (a lock file, made if missing) for the block's duration."""
-    with open(str(path), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def cached_dir(entry: Path, build: Callable[[Path], None]) -> Path:
@@ -109,57 +86,6 @@ def cached_root(
 
     entry = cached_dir(Path(cache_dir) / f"{release}-{variant}-{key}", build)
     return entry / "root"
-
-
-def chroot_argv(
-    root: Path,
-    argv: Sequence[str],
-    env: Optional[Mapping[str, str]] = None,
-    overlay: Optional[Tuple[Path, Path, Path]] = None,
-    binds: Sequence[Tuple[Path, str]] = (),
-    netns: bool = True,
-) -> List[str]:
-    """The command line that runs `argv` chrooted into `root` with a clean environment `env`.
-
-    Everything happens in a private mount namespace and a new PID namespace: /proc, /sys, /dev
-    (and /run/netns, so `ip netns` names work inside) are mounted for the command only, and are
-    gone, with any process it left behind, when it exits. `overlay` = (lower, upper, work) mounts
-    an overlay of those at `root` first, so the chroot writes into `upper` and `lower` stays as
-    it is. `binds` are (outside path, path inside the chroot) pairs.
-    """
-    q = shlex.quote
-    r = str(root)
-    steps = []
-    if overlay is not None:
-        lower, upper, work = (str(p) for p in overlay)
-        for p in (lower, upper, work):
-            if any(c in p for c in ",:\\"):
-                raise ValueError(f"overlay path {p!r} holds a ',', ':' or '\\'")
-        opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-        steps.append(f"mount -t overlay overlay -o {q(opts)} {q(r)}")
-    steps += [
-        f"mount -t proc proc {q(r + '/proc')}",
-        f"mount --rbind /sys {q(r + '/sys')}",
-        f"mount --rbind /dev {q(r + '/dev')}",
-    ]
-    if netns:
-        steps.append(
-            f"if [ -d /run/netns ]; then mkdir -p {q(r + '/run/netns')}"
-            f" && mount --rbind /run/netns {q(r + '/run/netns')}; fi"
-        )
-    for outside, inside in binds:
-        target = r + "/" + inside.lstrip("/")
-        steps.append(f"mkdir -p {q(target)} && mount --bind {q(str(outside))} {q(target)}")
-    clean: Dict[str, str] = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
-    clean.update(env or {})
-    env_args = " ".join(q(f"{k}={v}") for k, v in clean.items())
-    command = " ".join(q(a) for a in argv)
-    steps.append(f"exec env -i {env_args} chroot {q(r)} {command}")
-    script = "set -e\n" + "\n".join(steps)
-    return [
-        "unshare", "--mount", "--propagation", "private", "--pid", "--kill-child",
-        "sh", "-c", script,
-    ]  # fmt: skip
 
 
 def run_in_chroot(

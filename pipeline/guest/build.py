@@ -14,8 +14,10 @@ from typing import Callable, List, Optional, Tuple
 
 from cloudinit import host_keys, meta_data, network_config, password, seed, user_data
 from cloudinit.yaml_text import dump
-from pipeline import guest_checks, mac, volumes, xl, xl_config
+from pipeline import mac, xl
 from pipeline.config import ImagesConfig, Site
+from pipeline.guest import checks as guest_checks
+from pipeline.guest import volumes, xen_cfg
 from pipeline.runner import Runner
 
 STATE_DIR = "/var/lib/xenlab/guests"  # per guest: seed.iso, root-password, known_hosts
@@ -86,14 +88,14 @@ def build(
     guest_mac = mac.derive(name)
     bridge = guest.bridge or site.host.bridge
     disk, swap = volumes.plan(site.host.storage, name, guest.disk, guest.swap)
-    cfg_file = runner.path(f"/etc/xen/{name}.cfg")
-    link = runner.path(f"/etc/xen/auto/{name}.cfg")
+    cfg_file = xen_cfg.cfg_path(runner.root, name)
+    link = xen_cfg.link_path(runner.root, name)
     seed_file = state / "seed.iso"
     password_file = state / "root-password"
     known_hosts = state / "known_hosts"
 
     if image is None:
-        from pipeline import image as images
+        from pipeline.guest import image as images
 
         def image(profile: str):
             return images.ensure(profile, site.images, say)
@@ -144,24 +146,24 @@ def build(
         )
 
         # 5. /etc/xen/NAME.cfg: root first (pygrub boots the first disk), swap, the seed
-        cfg = xl_config.XlConfig(
+        cfg = xen_cfg.XlConfig(
             name=name,
             memory_mib=guest.memory >> 20,
             vcpus=guest.vcpus,
             disks=(
-                xl_config.Disk(disk.path, "xvda2"),
-                xl_config.Disk(swap.path, "xvda1"),
-                xl_config.Disk(str(seed_file), "xvdc", writable=False, cdrom=True),
+                xen_cfg.Disk(disk.path, "xvda2"),
+                xen_cfg.Disk(swap.path, "xvda1"),
+                xen_cfg.Disk(str(seed_file), "xvdc", writable=False, cdrom=True),
             ),
             ip=guest.ip,
             mac=guest_mac,
             bridge=bridge,
         )
-        runner.write_file(str(cfg_file.relative_to(runner.root)), xl_config.render(cfg))
+        runner.write_file(str(cfg_file.relative_to(runner.root)), xen_cfg.render(cfg))
 
         # 6. autostart: xendomains starts what /etc/xen/auto links to
         if guest.autostart:
-            _symlink(runner, link, f"../{name}.cfg")
+            _symlink(runner, link, xen_cfg.LINK_TARGET.format(name=name))
 
         # 7. start it
         if not start:
@@ -196,7 +198,7 @@ def build(
 
 def apt_mirrors(profile: str, images: ImagesConfig) -> Tuple[str, Optional[str]]:
     """(archive, security archive) the guest's apt uses: the ones its golden image came from."""
-    from pipeline import image
+    from pipeline.guest import image
 
     mirrors = image.mirrors_for(image.profile_of(profile), images)
     # Ubuntu's -security suite lives in the same archive.

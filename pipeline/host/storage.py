@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from pipeline import lvm, partitions, units
+from pipeline import lvm, units
 from pipeline.config import StorageConfig
 from pipeline.errors import BadInput
+from pipeline.host import partitions
 from pipeline.runner import Runner
 
 DEVICE = "host.storage.device"

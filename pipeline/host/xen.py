@@ -11,7 +11,7 @@ locale) and which sets GRUB_DEFAULT the same way, from the same GRUB_DISTRIBUTOR
 translation as 20_linux_xen's title. Being read last, it wins over /etc/default/grub and xen.cfg.
 
 With --root DIR the work happens in a chroot: apt-get and update-grub run inside DIR in a private
-mount and PID namespace (pipeline.debootstrap.chroot_argv), where /proc, /sys and /dev are mounted
+mount and PID namespace (pipeline.chroot.chroot_argv), where /proc, /sys and /dev are mounted
 for them; those mounts vanish with the namespace, also when a command fails.
 """
 
@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import jinja2
 
-from pipeline import debootstrap, units
+from pipeline import chroot, units
 from pipeline.config import XenConfig
 from pipeline.errors import BadInput, Failed
 from pipeline.runner import Runner
@@ -181,7 +181,7 @@ def _in_root(root: Path, argv: Sequence[str]) -> None:
         line = list(argv)
         env = dict(os.environ, **_env())
     else:
-        line = debootstrap.chroot_argv(root, argv, env=_env(), netns=False)
+        line = chroot.chroot_argv(root, argv, env=_env(), netns=False)
         env = None
     proc = subprocess.run(
         line, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,

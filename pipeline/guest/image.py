@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from pipeline import apt_sources, debootstrap, ubuntu_keyring
+from pipeline import apt_sources, chroot, ubuntu_keyring
 from pipeline.config import ImagesConfig
 from pipeline.errors import BadInput, Failed
 
 FORMAT = 2  # bump when the build procedure (not its inputs) changes what an entry holds
-ELEMENTS_DIR = Path(__file__).resolve().parent.parent / "images" / "elements"
+ELEMENTS_DIR = Path(__file__).resolve().parents[2] / "images" / "elements"
 UBUNTU_ARCHIVE = ubuntu_keyring.DEFAULT_ARCHIVE
 
 # What guest.build must give the filesystems and what pygrub boots with; the elements' defaults
@@ -459,7 +459,7 @@ def ensure(
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Failed(f"cannot create images.cache_dir {cache_dir}: {exc.strerror}") from None
-    with debootstrap.locked(cache_dir / f".{profile}.lock"):
+    with chroot.locked(cache_dir / f".{profile}.lock"):
         if not rebuild and _ready(entry):  # built by another run while this one waited
             say(f"reused the cached {profile} image {plan.key} ({entry})")
             return _golden(entry, reused=True)

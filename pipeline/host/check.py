@@ -60,7 +60,9 @@ def _line(step: str, ok: bool, good: str, bad: str, fix: str) -> Line:
 
 
 def evaluate(facts: Facts) -> List[Line]:
-    from pipeline import xen  # its grub.cfg reader; imported here to keep check's imports light
+    from pipeline.host import (
+        xen,  # its grub.cfg reader; imported here to keep check's imports light
+    )
 
     lines = []
     default, entries = xen.parse_grub_cfg(facts.grub_cfg) if facts.grub_cfg else (None, [])

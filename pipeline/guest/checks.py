@@ -9,16 +9,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import List, Optional, Set
 
 from pipeline import lvm, mac, xl
 from pipeline import subnet as subnet_math
 from pipeline.config import GuestConfig, Site
 from pipeline.errors import BadInput, Problem
+from pipeline.guest import xen_cfg
 
 # RFC 1123 host name label; also keeps LV names (NAME-disk), paths and xl's name= plain.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-XEN_DIR = "/etc/xen"
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,10 @@ def host_facts() -> HostFacts:
     return HostFacts(total, os.cpu_count() or 1, "/proc/meminfo (total memory)")
 
 
-def cfg_path(root: Path, name: str) -> Path:
-    return root / XEN_DIR.lstrip("/") / f"{name}.cfg"
-
-
-def other_cfgs(root: Path, name: str) -> Dict[str, str]:
-    """{guest name: cfg text} of the other guests' configs in ROOT/etc/xen (ours or hand-made)."""
-    found = {}
-    xen = root / XEN_DIR.lstrip("/")
-    if xen.is_dir():
-        for path in sorted(xen.glob("*.cfg")):
-            if path.stem != name and path.is_file():
-                found[path.stem] = path.read_text(errors="replace")
-    return found
-
-
 def existing(site: Site, name: str, root: Path, state_dir: Path) -> List[str]:
     """What of guest `name` is already there: its cfg, autostart link, state, volumes, domain."""
     found = []
-    for path in (cfg_path(root, name), root / "etc/xen/auto" / f"{name}.cfg", state_dir):
+    for path in (xen_cfg.cfg_path(root, name), xen_cfg.link_path(root, name), state_dir):
         if path.exists() or path.is_symlink():
             found.append(str(path))
     storage = site.host.storage
@@ -162,31 +147,23 @@ def _network(site: Site, name: str, guest: GuestConfig, root: Path) -> List[Prob
         if why:
             problems.append(Problem(f"{prefix}.gateway", str(guest.gateway), why))
     mine = mac.derive(name)
-    names: Set[str] = set(site.guests) | set(other_cfgs(root, name)) | {name}
+    names: Set[str] = set(site.guests) | set(xen_cfg.other_cfgs(root, name)) | {name}
     for found_mac, owners in mac.collisions(sorted(names)).items():
         if name in owners:
             others = ", ".join(o for o in owners if o != name)
             problems.append(Problem("--name", name, f"derives MAC {found_mac}, as {others} does"))
-    for other, text in other_cfgs(root, name).items():
-        if mine in xl_macs(text):
+    for other, text in xen_cfg.other_cfgs(root, name).items():
+        if mine in xen_cfg.vif_addresses(text)[1]:
             problems.append(Problem("--name", name, f"derives MAC {mine}, which {other}.cfg uses"))
     return problems
-
-
-def xl_macs(text: str) -> List[str]:
-    from pipeline.xl_config import parse_vif
-
-    return parse_vif(text)[1]
 
 
 def _ip_owner(site: Site, name: str, root: Path, ip: ipaddress.IPv4Address) -> Optional[str]:
     for other, cfg in site.guests.items():
         if other != name and cfg.ip == ip:
             return f"guests.{other}"
-    from pipeline.xl_config import parse_vif
-
-    for other, text in other_cfgs(root, name).items():
-        if str(ip) in parse_vif(text)[0]:
+    for other, text in xen_cfg.other_cfgs(root, name).items():
+        if str(ip) in xen_cfg.vif_addresses(text)[0]:
             return f"{other}.cfg"
     return None
 
