@@ -1,6 +1,7 @@
 """The machine's own apt sources: where Debian packages come from when the config names no mirror.
 
-No mirror host is written into xenlab; they are read here, at run time, from /etc/apt.
+No Debian mirror host is written into xenlab; they are read here, at run time, from /etc/apt.
+Ubuntu's public archive is the one default the Ubuntu profiles fall back to.
 """
 
 from dataclasses import dataclass
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from pipeline.errors import BadInput
+
+UBUNTU_ARCHIVE = "http://archive.ubuntu.com/ubuntu"
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from pipeline.errors import Failed
-from pipeline.runner import Runner
+from pipeline.runner import Runner, checked, run_checked
 
 PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_pe_count,pv_pe_alloc_count,pv_uuid"
 VG_FIELDS = "vg_name,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count,pv_count,lv_count"
@@ -20,10 +19,9 @@ LV_FIELDS = "lv_name,vg_name,lv_size,lv_path,seg_start_pe,seg_pe_ranges,devices"
 def _report(command: str, fields: str, *args: str) -> List[Dict[str, str]]:
     argv = [command, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, *args]
     proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        if "not found" in proc.stderr or "Failed to find" in proc.stderr:
-            return []
-        raise Failed(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    if proc.returncode != 0 and ("not found" in proc.stderr or "Failed to find" in proc.stderr):
+        return []
+    checked(proc)
     return json.loads(proc.stdout)["report"][0][command[:-1]]
 
 
@@ -104,9 +102,7 @@ def vgcreate(runner: Runner, name: str, devices: List[str]) -> None:
 
 def _change(argv: List[str]) -> str:
     env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1")
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise Failed(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    proc = run_checked(argv, stdin=subprocess.DEVNULL, env=env)
     return proc.stdout
 
 

@@ -85,8 +85,8 @@ class Runner:
             self.say(f"would run: {line}")
             return ""
         proc = subprocess.run(list(argv), capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            raise Failed(f"{line} exited {proc.returncode}: {proc.stderr.strip()}")
+        if check:
+            checked(proc, line)
         return proc.stdout
 
     def rollback(self) -> List[str]:
@@ -112,6 +112,31 @@ class Runner:
                 self.say(f"could not roll back: {left}")
             raise
         self._undo.clear()
+
+
+def checked(
+    proc: subprocess.CompletedProcess, what: Optional[str] = None
+) -> subprocess.CompletedProcess:
+    """`proc` if it exited 0; otherwise Failed naming the command (`what`, else its argv), the exit
+    code and what it said on stderr (stdout when stderr is empty)."""
+    if proc.returncode == 0:
+        return proc
+    shown = what or " ".join(shlex.quote(str(a)) for a in proc.args)
+    said = proc.stderr or proc.stdout or ""
+    if isinstance(said, bytes):
+        said = said.decode(errors="replace")
+    said = said.strip()
+    raise Failed(
+        f"{shown} exited {proc.returncode}"
+        + (f":\n{said}" if "\n" in said else f": {said}" if said else "")
+    )
+
+
+def run_checked(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(argv, capture_output=True, text=True, **kwargs), through `checked`."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return checked(subprocess.run(list(argv), **kwargs))
 
 
 def diff(old: str, new: str, name: str) -> str:

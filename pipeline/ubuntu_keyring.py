@@ -14,9 +14,10 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from pipeline.apt_sources import UBUNTU_ARCHIVE
 from pipeline.errors import Failed
+from pipeline.runner import checked
 
-DEFAULT_ARCHIVE = "http://archive.ubuntu.com/ubuntu"
 DEB_PATH = "pool/main/u/ubuntu-keyring/ubuntu-keyring_2018.09.18.1~18.04.2_all.deb"
 # The trust anchor: sha256 of DEB_PATH as published by Ubuntu.
 DEB_SHA256 = "5d8609563fb3074026b254d7d5248f90d393c7dbafcac48916f333bf3c90fed9"
@@ -32,12 +33,12 @@ def _silent(_: str) -> None:
     pass
 
 
-def deb_url(archive: str = DEFAULT_ARCHIVE) -> str:
+def deb_url(archive: str = UBUNTU_ARCHIVE) -> str:
     return f"{archive.rstrip('/')}/{DEB_PATH}"
 
 
 def archive_keyring(
-    cache_dir: Path, archive: str = DEFAULT_ARCHIVE, say: Callable[[str], None] = _silent
+    cache_dir: Path, archive: str = UBUNTU_ARCHIVE, say: Callable[[str], None] = _silent
 ) -> Path:
     """The path of ubuntu-archive-keyring.gpg, downloaded and verified once into `cache_dir`."""
     cache_dir = Path(cache_dir)
@@ -57,13 +58,10 @@ def archive_keyring(
                 f"{url} has sha256 {got}, expected {DEB_SHA256}: refusing the Ubuntu keyring"
             )
         tree = tmp / "tree"
-        proc = subprocess.run(
-            ["dpkg-deb", "-x", str(deb), str(tree)],
-            capture_output=True,
-            text=True,
+        checked(
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], capture_output=True, text=True),
+            f"dpkg-deb -x {url}",
         )
-        if proc.returncode != 0:
-            raise KeyringError(f"dpkg-deb -x {url} exited {proc.returncode}: {proc.stderr.strip()}")
         if not (tree / KEYRING_IN_DEB).is_file():
             raise KeyringError(f"{url} holds no {KEYRING_IN_DEB}")
         try:

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Iterator, Optional
 
 from pipeline.checksums import file_digest
 from pipeline.errors import BadInput, Failed
+from pipeline.runner import run_checked
 
 CHUNK = 1 << 20
 TIMEOUT = 60
@@ -155,12 +156,10 @@ class Cache:
         self.say(f"downloading the Debian package {package}")
         with tempfile.TemporaryDirectory(dir=str(debs), prefix=".apt.") as tmp:
             os.chmod(tmp, 0o755)  # apt's sandbox user writes there when it can
-            proc = subprocess.run(
-                ["apt-get", "download", "-q", package], cwd=tmp, capture_output=True, text=True
-            )
+            run_checked(["apt-get", "download", "-q", package], cwd=tmp)
             got = Path(tmp) / filename
-            if proc.returncode != 0 or not got.is_file():
-                raise Failed(f"apt-get download {package} failed: {proc.stderr.strip()}")
+            if not got.is_file():
+                raise Failed(f"apt-get download {package} gave no {filename}")
             if file_digest(got, algorithm) != digest:
                 raise Failed(
                     f"{filename} does not match the {algorithm} apt's indexes give: refusing it"
@@ -176,11 +175,7 @@ class Cache:
         self.say(f"unpacking {deb.name}")
         tmp = Path(tempfile.mkdtemp(dir=str(target.parent), prefix=".unpack."))
         try:
-            proc = subprocess.run(
-                ["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                raise Failed(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}")
+            run_checked(["dpkg-deb", "-x", str(deb), str(tmp)])
             os.replace(tmp, target)
         finally:
             if tmp.exists():

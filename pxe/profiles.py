@@ -13,8 +13,6 @@ from pipeline import apt_sources
 from pipeline.config import InstallConfig
 from pipeline.errors import BadInput
 
-UBUNTU_ARCHIVE = "http://archive.ubuntu.com/ubuntu"
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -36,7 +34,7 @@ class Profile:
 
     def default_mirror(self) -> str:
         if self.distro == "ubuntu":
-            return UBUNTU_ARCHIVE
+            return apt_sources.UBUNTU_ARCHIVE
         main, _ = apt_sources.debian_mirrors()
         return main
 

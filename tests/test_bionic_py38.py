@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 from ruamel.yaml import YAML
 
-from pipeline import ubuntu_keyring
+from pipeline import apt_sources, ubuntu_keyring
 from pipeline.errors import Failed
 from tests import chroots
 from tests.conftest import CACHE, REPO, ip_json, sh
@@ -35,7 +35,7 @@ slow = pytest.mark.slow
 
 RELEASE = "bionic"
 COMPONENTS = ["main", "universe"]
-ARCHIVE = os.environ.get("XENLAB_UBUNTU_ARCHIVE", ubuntu_keyring.DEFAULT_ARCHIVE).rstrip("/")
+ARCHIVE = os.environ.get("XENLAB_UBUNTU_ARCHIVE", apt_sources.UBUNTU_ARCHIVE).rstrip("/")
 CHROOTS = CACHE / "chroots"
 APP = "/opt/xenlab"  # the project inside the chroot; its .venv comes from the cached layer
 OUT = "/mnt/xenlab-test"  # a directory of the test's, bind-mounted into the chroot

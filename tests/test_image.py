@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from pipeline import apt_sources
 from pipeline.config import ImagesConfig
 from pipeline.errors import BadInput, Failed
 from pipeline.guest import image
@@ -100,7 +101,7 @@ def test_mirrors_come_from_the_config_else_the_apt_sources(tmp_path):
         "http://m.example/debian", "http://s.example/ds"
     )
     # Ubuntu: the machine has no bionic source here, so Ubuntu's own archive.
-    assert image.mirrors_for(UBUNTU, ImagesConfig(), etc_apt).main == image.UBUNTU_ARCHIVE
+    assert image.mirrors_for(UBUNTU, ImagesConfig(), etc_apt).main == apt_sources.UBUNTU_ARCHIVE
     assert (
         image.mirrors_for(
             UBUNTU, ImagesConfig(ubuntu_mirror="http://u.example/ubuntu"), etc_apt
@@ -241,7 +242,7 @@ def test_remove_tree_never_deletes_through_a_mount(tmp_path):
 
 # --- real images ----------------------------------------------------------------------------------
 def ubuntu_unreachable():
-    url = image.UBUNTU_ARCHIVE + "/dists/bionic/Release"
+    url = apt_sources.UBUNTU_ARCHIVE + "/dists/bionic/Release"
     try:
         with urllib.request.urlopen(url, timeout=15) as resp:
             resp.read(64)

@@ -97,7 +97,7 @@ def test_user_packages_locale_and_mirror():
     assert v["time/zone"] == "Europe/Amsterdam"
     assert v["debian-installer/locale"] == "en_US.UTF-8"
     assert v["mirror/suite"] == "bionic"
-    scheme, host, path = profiles.host_and_path(profiles.UBUNTU_ARCHIVE)
+    scheme, host, path = profiles.host_and_path(apt_sources.UBUNTU_ARCHIVE)
     assert v[f"mirror/{scheme}/hostname"] == host
     assert v[f"mirror/{scheme}/directory"] == path
     assert v["apt-setup/universe"] == "true"  # neovim is in universe on bionic
@@ -268,7 +268,7 @@ def test_pxe_preseed_bad_mac_is_exit_2():
 # What the late_command runs inside the new host, run here inside a bionic chroot (debootstrapped
 # once, plus the packages the preseed installs) on a loop disk partitioned the way partman leaves
 # it: bionic's sshd checks the config, bionic's tic compiles the terminfo, sfdisk frees the space.
-BIONIC_ARCHIVE = os.environ.get("XENLAB_UBUNTU_ARCHIVE", ubuntu_keyring.DEFAULT_ARCHIVE).rstrip("/")
+BIONIC_ARCHIVE = os.environ.get("XENLAB_UBUNTU_ARCHIVE", apt_sources.UBUNTU_ARCHIVE).rstrip("/")
 CHROOTS = CACHE / "chroots"
 TARGET_PACKAGES = ["openssh-server", "zsh", "sudo"]
 

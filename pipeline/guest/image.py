@@ -25,10 +25,10 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 from pipeline import apt_sources, chroot, ubuntu_keyring
 from pipeline.config import ImagesConfig
 from pipeline.errors import BadInput, Failed
+from pipeline.runner import checked, run_checked
 
 FORMAT = 2  # bump when the build procedure (not its inputs) changes what an entry holds
 ELEMENTS_DIR = Path(__file__).resolve().parents[2] / "images" / "elements"
-UBUNTU_ARCHIVE = ubuntu_keyring.DEFAULT_ARCHIVE
 
 # What guest.build must give the filesystems and what pygrub boots with; the elements' defaults
 # (images/elements/xenlab-pv-boot/environment.d) are the same and the build passes these.
@@ -114,7 +114,7 @@ def mirrors_for(
         for source in apt_sources.read(etc_apt):
             if profile.release in source.suites:
                 return Mirrors(source.uri)
-        return Mirrors(UBUNTU_ARCHIVE)
+        return Mirrors(apt_sources.UBUNTU_ARCHIVE)
     main = images.mirror
     security = images.security_mirror
     if main is None or security is None:
@@ -313,8 +313,7 @@ def _run_streamed(argv: List[str], env: Dict[str, str], say: Callable[[str], Non
     except BaseException:
         _stop_session(proc)
         raise
-    if code != 0:
-        raise Failed(f"{argv[0]} exited {code}; its last lines:\n" + "\n".join(tail))
+    checked(subprocess.CompletedProcess(argv, code, "\n".join(tail)), argv[0])
 
 
 def _stop_session(proc: "subprocess.Popen[str]", grace: float = 120) -> None:
@@ -397,13 +396,10 @@ def _build(plan: Plan, tmp: Path, cache_dir: Path, say: Callable[[str], None]) -
     root = tmp / "root"
     root.mkdir()
     say(f"extracting the root tree into {root}")
-    proc = subprocess.run(
+    run_checked(
         ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
          "-xpf", str(tarball)],
-        capture_output=True, text=True,
     )  # fmt: skip
-    if proc.returncode != 0:
-        raise Failed(f"tar -x {tarball} exited {proc.returncode}: {proc.stderr.strip()}")
     tarball.unlink()
     remove_tree(tmp / "dib")
     # diskimage-builder's tarball leaves out /proc and /sys themselves, but systemd needs the

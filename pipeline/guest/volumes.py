@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from pipeline import lvm
 from pipeline.config import StorageConfig
 from pipeline.errors import Failed
-from pipeline.runner import Runner
+from pipeline.runner import Runner, checked, run_checked
 
 Activate = Callable[[str, str], str]
 
@@ -52,13 +52,7 @@ def activate_lv(volume_group: str, name: str) -> str:
             f"cannot activate {volume_group}/{name}: this kernel has no device-mapper"
             " (no device-mapper in /proc/misc), and LVs cannot be activated without it"
         )
-    proc = subprocess.run(
-        ["lvchange", "--activate", "y", f"{volume_group}/{name}"], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise Failed(
-            f"lvchange -ay {volume_group}/{name} exited {proc.returncode}: {proc.stderr.strip()}"
-        )
+    run_checked(["lvchange", "--activate", "y", f"{volume_group}/{name}"])
     return f"/dev/{volume_group}/{name}"
 
 
@@ -194,8 +188,9 @@ def _debugfs(target: str, script: str) -> None:
     proc = subprocess.run(
         ["debugfs", "-w", "-f", "-", target], input=script, capture_output=True, text=True
     )
-    if proc.returncode != 0 or "debugfs:" not in proc.stdout + proc.stderr:
-        raise Failed(f"debugfs -w {target} exited {proc.returncode}: {proc.stderr.strip()}")
+    checked(proc)
+    if "debugfs:" not in proc.stdout + proc.stderr:
+        raise Failed(f"debugfs -w {target} ran no command: {proc.stderr.strip()}")
 
 
 def _with_progress(argv: List[str], say: Callable[[str], None]) -> None:
@@ -209,8 +204,7 @@ def _with_progress(argv: List[str], say: Callable[[str], None]) -> None:
             last = now
             say(f"  {_written(proc.pid) >> 20} MiB written ({now - start:.0f} s)")
     out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise Failed(f"{' '.join(argv)} exited {proc.returncode}: {(err or out).strip()}")
+    checked(subprocess.CompletedProcess(argv, proc.returncode, out, err))
     say(f"  root filesystem written in {time.monotonic() - start:.1f} s")
 
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from pipeline import units
 from pipeline.errors import Failed
-from pipeline.runner import Runner
+from pipeline.runner import Runner, checked, run_checked
 
 ALIGN = 1 << 20  # partitions start and end on MiB boundaries, as fdisk and the installers do
 # The "Linux LVM" partition type of each table format.
@@ -56,9 +56,7 @@ class Region:
 
 def _run(argv: Sequence[str], stdin: str = "") -> str:
     # stdin is never the user's terminal: a tool that wants to ask gets EOF and says no.
-    proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise Failed(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+    proc = run_checked(argv, input=stdin)
     return proc.stdout
 
 
@@ -108,7 +106,7 @@ def read_table(device: str) -> Optional[Table]:
     if proc.returncode != 0:
         if "does not contain a recognized partition table" in proc.stderr:
             return None
-        raise Failed(f"sfdisk --json {device} exited {proc.returncode}: {proc.stderr.strip()}")
+        checked(proc)
     if not proc.stdout.strip():
         return None
     table = parse_table(proc.stdout)
@@ -144,8 +142,7 @@ def signatures(device: str) -> Dict[str, str]:
     proc = subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True)
     if proc.returncode == 2:  # nothing found
         return {}
-    if proc.returncode != 0:
-        raise Failed(f"blkid -p {device} exited {proc.returncode}: {proc.stderr.strip()}")
+    checked(proc)
     found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return {k: v for k, v in found.items() if k in ("TYPE", "PTTYPE", "USAGE")}
 

@@ -27,7 +27,7 @@ import jinja2
 from pipeline import chroot, units
 from pipeline.config import XenConfig
 from pipeline.errors import BadInput, Failed
-from pipeline.runner import Runner
+from pipeline.runner import Runner, checked
 
 # The hypervisor package of each release (what `apt install` the lab uses there).
 PACKAGES = {
@@ -187,10 +187,9 @@ def _in_root(root: Path, argv: Sequence[str]) -> None:
         line, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         text=True,
     )  # fmt: skip
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
-        where = "" if root == Path("/") else f" in {root}"
-        raise Failed(f"{' '.join(argv)}{where} exited {proc.returncode}:\n{tail}")
+    tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
+    where = "" if root == Path("/") else f" in {root}"
+    checked(subprocess.CompletedProcess(argv, proc.returncode, tail), f"{' '.join(argv)}{where}")
 
 
 def _no_services(root: Path):

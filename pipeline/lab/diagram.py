@@ -8,7 +8,6 @@ lab: every name, address and MAC comes from the state passed in.
 
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -16,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 from netlink.topology import Topology
 from pipeline.errors import Failed
 from pipeline.lab.read import Guest, XenState
-from pipeline.runner import Runner
+from pipeline.runner import Runner, run_checked
 
 FORMATS = ("svg", "png", "dot")
 
@@ -201,9 +200,7 @@ def render(dot_text: str, fmt: str) -> bytes:
         raise Failed(
             "Graphviz's dot is not installed (Debian package graphviz; ./setup installs it)"
         )
-    proc = subprocess.run(["dot", f"-T{fmt}"], input=dot_text.encode(), capture_output=True)
-    if proc.returncode != 0:
-        raise Failed(f"dot -T{fmt} exited {proc.returncode}: {proc.stderr.decode().strip()}")
+    proc = run_checked(["dot", f"-T{fmt}"], input=dot_text.encode(), text=False)
     return proc.stdout
 
 
