@@ -52,6 +52,17 @@ def runner_for(dry_run: bool, root: Optional[str]):
     return Runner(dry_run=dry_run, root=root_path, say=console.say)
 
 
+def _finish(runner) -> None:
+    """How a task that changes the system ends: "no changes" when the run changed nothing, else
+    for a dry run that it changed nothing."""
+    from pipeline import console
+
+    if not runner.changes:
+        console.say("no changes")
+    elif runner.dry_run:
+        console.say("dry run: nothing was changed")
+
+
 @task(
     help={
         "bridge": "the guests' bridge (config host.bridge, default xenbr0)",
@@ -77,10 +88,7 @@ def network(c, bridge=None, subnet=None, address=None, netns=None, root=None, dr
     )
     runner = runner_for(dry_run, root)
     result = host_network.configure(site.host, runner, netns=netns)
-    if not runner.changes:
-        console.say("no changes")
-    elif dry_run:
-        console.say("dry run: nothing was changed")
+    _finish(runner)
     console.table(
         "current state" if dry_run else "bridge",
         ["bridge", "state", "addresses", "members", "ipv4 forwarding"],
@@ -96,7 +104,7 @@ def network(c, bridge=None, subnet=None, address=None, netns=None, root=None, dr
     )
 
 
-# --- host.storage, host.xen, host.check (issue 3) ----------------------------------------------
+# --- host.storage, host.xen, host.check -----------------------------------------------------------
 def _stderr_say(line: str) -> None:
     """Progress for --json runs: on stderr, so stdout holds only the JSON."""
     import sys
@@ -148,10 +156,7 @@ def storage(c, device=None, size=None, volume_group=None, json=False, dry_run=Fa
     if json:
         _print_json(result.as_json())
         return
-    if not runner.changes:
-        console.say("no changes")
-    elif dry_run:
-        console.say("dry run: nothing was changed")
+    _finish(runner)
     if result.facts:
         console.table(
             "physical volumes",
@@ -199,10 +204,7 @@ def xen(c, package=None, dom0_mem=None, root=None, json=False, dry_run=False):
     if json:
         _print_json(dict(asdict(result), changed=bool(runner.changes), dry_run=dry_run))
         return
-    if not runner.changes:
-        console.say("no changes")
-    elif dry_run:
-        console.say("dry run: nothing was changed")
+    _finish(runner)
     console.table(
         "current state" if dry_run else "xen",
         ["setting", "value"],
@@ -252,7 +254,7 @@ def check(c, netns=None, json=False):
         raise Failed(problem)
 
 
-# --- host.diagram, host.report (issue 6) --------------------------------------------------------
+# --- host.diagram, host.report --------------------------------------------------------------------
 READ_HELP = {
     "netns": "read the network inside this network namespace",
     "root": "read /etc/xen (the guests' cfg files, the autostart links) under this directory",
@@ -302,8 +304,9 @@ def diagram(c, output="lab.svg", netns=None, root=None, dry_run=False):
     /etc/xen and, where Xen runs, `xl list`. Graphviz's dot renders .svg and .png.
     """
     from pipeline import console
+    from pipeline.lab import diagram as drawing
 
-    _check_output("--output", output, ("svg", "png", "dot"))
+    _check_output("--output", output, drawing.FORMATS)
     _, runner, lab = _lab(c, netns, root, dry_run)
     if not _draw(runner, lab, output):
         console.say(f"no changes: {output} already shows this")
@@ -325,8 +328,6 @@ def report(c, netns=None, root=None, markdown=None, diagram_file=None):
     with the routes and which guests /etc/xen/auto starts at boot. Changes nothing on the system;
     --markdown writes the same as a Markdown section, with the diagram beside it.
     """
-    import os
-
     from pipeline import console
     from pipeline.lab import diagram as drawing
     from pipeline.lab import report as lab_report
@@ -347,16 +348,14 @@ def report(c, netns=None, root=None, markdown=None, diagram_file=None):
     console.say(lab_report.to_text(parts))
     if markdown is None:
         return
-    md_path = Path(markdown).resolve()
-    picture = Path(diagram_file).resolve() if diagram_file else md_path.with_name("lab.svg")
+    page = Path(markdown).resolve()
+    picture = lab_report.diagram_for(page, diagram_file)
     with runner.transaction():
         _draw(runner, lab, str(picture))
-        link = os.path.relpath(str(picture), str(md_path.parent))
-        text = lab_report.to_markdown(parts, link)
-        drawing.save(runner, md_path, text.encode())
+        drawing.save(runner, page, lab_report.markdown_page(parts, page, picture).encode())
 
 
-# --- pxe.* (issue 4) ----------------------------------------------------------------------------
+# --- pxe.* ----------------------------------------------------------------------------------------
 @task(
     name="build",
     help={
@@ -378,21 +377,15 @@ def pxe_build(c, installer=None, profile=None, root=None, dry_run=False, quiet=F
     """
     from pipeline import console, units
     from pipeline.config import load_site
-    from pxe import boottree, partition_plan, preseed, profiles
+    from pxe import boottree, preseed
 
     site = load_site(c.config, {"install.profile": ("--profile", profile)})
-    # Everything the served preseed needs is checked before anything is fetched.
-    plan = partition_plan.plan(site.install)
-    preseed.terminfo_sources(site.install)
-    profiles.get(site.install.profile).mirror(site.install)
+    plan = preseed.preflight(site.install)  # before anything is fetched
     runner = runner_for(dry_run, root)
     tree = boottree.build(
         site.install, site.pxe, runner, installer, console.say, progress=not quiet
     )
-    if not runner.changes:
-        console.say("no changes")
-    elif dry_run:
-        console.say("dry run: nothing was changed")
+    _finish(runner)
     console.say(
         f"partition plan for {plan.disk} ({units.human(plan.disk_size)}): / "
         f"{units.human(site.install.root_size)}, swap {units.human(site.install.swap_size)}, "
@@ -430,8 +423,7 @@ def pxe_preseed(c, mac=None, address=None, root=None):
     site = load_site(c.config)
     mac = _pxe_mac(site, mac)
     address = address or _interface_address(site.pxe.interface) or "pxe-server"
-    callback = f"http://{address}:{site.pxe.http_port}/callback/{mac}"
-    text = preseed.render(site.install, mac, callback)
+    text = preseed.render(site.install, mac, preseed.callback_for(mac, address, site.pxe.http_port))
     try:
         from pxe import arming
 
@@ -444,12 +436,12 @@ def pxe_preseed(c, mac=None, address=None, root=None):
 
 def _interface_address(interface):
     """The first IPv4 address of `interface`, or None."""
-    from pxe import serve
+    from netlink import links
 
     if not interface:
         return None
     try:
-        return str(serve.interface_address(interface)[0].ip)
+        return str(links.interface_address(interface)[0].ip)
     except BadInput:
         return None
 
@@ -474,6 +466,7 @@ def pxe_serve(c, interface=None, mode=None, range=None, root=None, dry_run=False
     import signal
     import threading
 
+    from netlink import links
     from pipeline.config import load_site
     from pxe import serve
 
@@ -485,14 +478,17 @@ def pxe_serve(c, interface=None, mode=None, range=None, root=None, dry_run=False
             "pxe.dhcp_range": ("--range", range),
         },
     )
+    serve.check(site)  # the config alone, before the interface is read
+    address, mtu = links.interface_address(site.pxe.interface, "pxe.interface (--interface)")
+    plan = serve.plan(site, runner_for(False, root).root, address, mtu)
     if dry_run:
-        print(f"would serve {serve.describe(serve.plan(site, runner_for(False, root).root))}")
+        print(f"would serve {serve.describe(plan)}")
         return
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     # Plain prints, flushed: the log is read live through pipes (journald, tee, tests).
-    serve.run(site, runner_for(False, root).root, lambda line: print(line, flush=True), stop)
+    serve.run(site, plan, lambda line: print(line, flush=True), stop)
 
 
 def _pxe_mac(site, mac):
@@ -555,22 +551,17 @@ def pxe_disarm(c, mac=None, root=None, dry_run=False):
 @exits
 def pxe_status(c, root=None):
     """Show the armed MACs and the addresses pxe.serve leased."""
-    import json
-
     from pipeline import console
     from pipeline.config import load_site
-    from pxe import arming
+    from pxe import arming, dhcp_server
 
     site = load_site(c.config)
     state_dir = runner_for(False, root).path(site.pxe.state_dir)
     armed = arming.load(state_dir)
-    try:
-        leases = json.loads((state_dir / "leases.json").read_text()).get("leases", {})
-    except (OSError, ValueError, AttributeError):
-        leases = {}
+    leases = dhcp_server.read_leases(dhcp_server.leases_file(state_dir))
     rows = [
         [mac, "armed" if mac in armed else "-", armed.get(mac, {}).get("armed_at", "-"),
-         leases.get(mac, {}).get("ip", "-")]
+         leases[mac].ip if mac in leases else "-"]
         for mac in sorted(set(armed) | set(leases))
     ]  # fmt: skip
     if not rows:
@@ -579,7 +570,7 @@ def pxe_status(c, root=None):
     console.table(f"PXE hosts ({state_dir})", ["mac", "install", "armed at", "lease"], rows)
 
 
-# --- image.build, guest.build (issue 5) ---------------------------------------------------------
+# --- image.build, guest.build ---------------------------------------------------------------------
 @task(
     name="build",
     help={
@@ -696,19 +687,8 @@ def guest_build(
         console.say("dry run: nothing was changed")
         return
     console.say("")
-    console.say(f"Hostname       :  {built.name}")
-    console.say(f"Distribution   :  {built.distribution}")
-    console.say(f"MAC Address    :  {built.mac}")
-    console.say(f"IP Address(es) :  {built.ip} (gateway {built.gateway})")
-    for fingerprint in built.fingerprints:
-        console.say(f"SSH Fingerprint:  {fingerprint}")
-    console.say(f"Known hosts    :  {built.known_hosts}")
-    console.say(f"Root Password  :  in {built.password_file} (mode 600)")
-    console.say(
-        f"Config         :  {built.cfg}" + (f" (autostart: {built.link})" if built.link else "")
-    )
-    console.say(f"Volumes        :  {', '.join(built.volumes)}")
-    console.say(f"State          :  {built.started}")
+    for line in built.summary():
+        console.say(line)
 
 
 host = Collection("host")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from pipeline.errors import Failed
+from cloudinit.errors import SeedError
 
 # ed25519 for current clients, RSA for old ones; cloud-init's ssh_keys names them TYPE_private/public.
 TYPES = (("ed25519", []), ("rsa", ["-b", "3072"]))
@@ -38,7 +38,7 @@ def _run(argv: List[str]) -> str:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True)
     except FileNotFoundError:
-        raise Failed("ssh-keygen is missing (Debian/Ubuntu package openssh-client)") from None
+        raise SeedError("ssh-keygen is missing (Debian/Ubuntu package openssh-client)") from None
     if proc.returncode != 0:
-        raise Failed(f"{argv[0]} exited {proc.returncode}: {proc.stderr.strip()}")
+        raise SeedError(f"{argv[0]} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout

@@ -3,7 +3,7 @@
 import secrets
 import subprocess
 
-from pipeline.errors import Failed
+from cloudinit.errors import SeedError
 
 
 def generate() -> str:
@@ -23,8 +23,8 @@ def sha512_crypt(password: str) -> str:
             text=True,
         )
     except FileNotFoundError:
-        raise Failed("openssl is missing (Debian/Ubuntu package openssl)") from None
+        raise SeedError("openssl is missing (Debian/Ubuntu package openssl)") from None
     hashed = proc.stdout.strip()
     if proc.returncode != 0 or not hashed.startswith("$6$"):
-        raise Failed(f"openssl passwd -6 exited {proc.returncode}: {proc.stderr.strip()}")
+        raise SeedError(f"openssl passwd -6 exited {proc.returncode}: {proc.stderr.strip()}")
     return hashed

@@ -3,7 +3,9 @@
 import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+from pipeline.errors import BadInput
 
 IFF_UP = 0x1
 
@@ -63,3 +65,20 @@ def holder_of(ipr, address: ipaddress.IPv4Address) -> Optional[str]:
         if any(a.ip == address for a in link.addresses):
             return link.name
     return None
+
+
+def interface_address(name: str, field: str = "--interface") -> Tuple[ipaddress.IPv4Interface, int]:
+    """The first IPv4 address on link `name` in this network namespace, and the link's MTU.
+
+    BadInput naming `field` when there is no such link or it has no IPv4 address.
+    """
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        link = by_name(ipr, name)
+        mtu = ipr.get_links(link.index)[0].get_attr("IFLA_MTU") if link else None
+    if link is None:
+        raise BadInput(field, name, "no such interface here")
+    if not link.addresses:
+        raise BadInput(field, name, "has no IPv4 address")
+    return link.addresses[0], int(mtu or 1500)

@@ -1,19 +1,39 @@
 """The site config: one validated model built from Invoke's config (invoke.yaml, -f, INVOKE_*) and flags.
 
 Every error names the dotted field (and the flag when the value came from one) and the bad value.
+Each kind of value (user name, mirror URL, SSH public key, host name, path, interface name,
+package name) has one validator below, used by every section with such a field; `Site` then
+checks what spans sections: every guest's name and address against the host's subnet.
 """
 
 import ipaddress
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Annotated  # typing.Annotated is 3.9+; pydantic depends on it
 
 from pipeline import mac as macs
 from pipeline import subnet as subnet_math
 from pipeline import units
+from pipeline.apt_sources import UBUNTU_ARCHIVE
 from pipeline.errors import BadInput, Problem
+
+# --- one validator per kind of value ----------------------------------------------------------
+# Each raises ValueError with the reason; load_site names the field and the bad value. Values that
+# go into the preseed, the boot menus and xl.cfg (jinja2 templates) or a shell word are held to
+# strict patterns here, so no template ever sees a quote, a stray space or a newline.
 
 IFNAMSIZ = 16  # the kernel's limit includes the trailing NUL
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -24,17 +44,143 @@ def check_ifname(value: str) -> str:
         raise ValueError(
             f"is {len(value)} characters; Linux interface names are at most {IFNAMSIZ - 1}"
         )
-    if not _IFNAME.match(value):
+    if not _IFNAME.fullmatch(value):
         raise ValueError("is not an interface name (letters, digits, '_', '.', '-')")
     return value
 
 
-def _absolute(value: str, suffix: str) -> str:
-    if not value.startswith("/") or "\n" in value or "/../" in value + "/":
-        raise ValueError("must be an absolute path without '..'")
-    if not value.endswith(suffix):
-        raise ValueError(f"must end in {suffix}")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def check_user(value: str) -> str:
+    """An account xenlab creates (the install's admin, a guest's admin): never root."""
+    if not _USER.fullmatch(value) or value == "root":
+        raise ValueError(
+            "is not a user name other than root (a-z, 0-9, '_', '-'; at most 32, not starting"
+            " with a digit or '-')"
+        )
     return value
+
+
+# RFC 1123 label, lower case; also keeps LV names (NAME-disk), paths and xl's name= plain.
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(f"^{_LABEL}$")
+
+
+def check_hostname(value: str) -> str:
+    if not _HOSTNAME.fullmatch(value):
+        raise ValueError("is not a host name (a-z, 0-9, '-' inside; at most 63; no dots)")
+    return value
+
+
+# scheme://host[:port][/path]: what a sources.list line, the preseed's mirror/* keys and a shell
+# word all take as it is (no user:password@, query or fragment).
+_MIRROR = re.compile(
+    r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:(?P<port>[0-9]{1,5}))?"
+    r"(/[A-Za-z0-9._~%+-]+)*/?$"
+)
+
+
+def check_mirror(value: Any) -> Optional[str]:
+    """An http(s) URL of a package archive or a folder on one, without its trailing '/'."""
+    if value in (None, ""):
+        return None
+    match = _MIRROR.fullmatch(value) if isinstance(value, str) else None
+    if match is None or not 0 < int(match.group("port") or 80) < 65536:
+        raise ValueError(
+            f"is not an http:// or https:// URL such as {UBUNTU_ARCHIVE} (a host, an optional"
+            " port and path; no spaces, quotes, user or query)"
+        )
+    return value.rstrip("/")
+
+
+_SSH_KEY = re.compile(
+    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( [\x21-\x7e][\x20-\x7e]*)?$"
+)
+
+
+def check_ssh_key(value: str) -> str:
+    """One OpenSSH public key line: type, base64 blob, an optional comment without quotes."""
+    if not _SSH_KEY.fullmatch(value) or set(value) & set("'\"\\`$"):
+        raise ValueError(
+            "is not one OpenSSH public key on one line (a type such as ssh-ed25519,"
+            " ecdsa-sha2-nistp256 or ssh-rsa, the base64 key, an optional comment without quotes)"
+        )
+    return value
+
+
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
+def check_package(value: str) -> str:
+    if not _PACKAGE.fullmatch(value):
+        raise ValueError("is not a Debian package name")
+    return value
+
+
+# A path component: what xl.cfg's disk spec, a sources.list line and `sh -c` (diskimage-builder
+# passes folders through it unquoted) all take as it is.
+_COMPONENT = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def check_path(value: str, suffix: str = "") -> str:
+    """An absolute path without '..' and with plain characters only; '.' and '//' normalised."""
+    parts = value.split("/")
+    if not value.startswith("/") or any(
+        part == ".." or (part and not _COMPONENT.fullmatch(part)) for part in parts
+    ):
+        raise ValueError(
+            "must be an absolute path of letters, digits, '_', '.', '+' and '-' (no '..',"
+            " spaces or quotes)"
+        )
+    path = "/" + posixpath.normpath(value).lstrip("/")
+    if not path.endswith(suffix):
+        raise ValueError(f"must end in {suffix}")
+    return path
+
+
+def check_dir(value: str) -> str:
+    """A folder xenlab writes into: a path (see check_path), not / itself."""
+    path = check_path(value)
+    if path == "/":
+        raise ValueError("is / itself; name a folder of its own")
+    return path
+
+
+# Folders whose contents belong to the system: a guest folder there would be removed by --force.
+SYSTEM_DIRS = frozenset(
+    "/" + name
+    for name in "bin boot dev etc home lib lib64 opt proc root run sbin srv sys tmp usr var".split()
+)
+
+
+def check_storage_dir(value: str) -> str:
+    """host.storage.dir: guest.build --force removes a guest's folder under it."""
+    path = check_dir(value)
+    if path in SYSTEM_DIRS:
+        raise ValueError(
+            f"is {path}, a system folder; guests' files need a folder of their own (e.g. /srv/xen)"
+        )
+    return path
+
+
+def _optional(check):
+    """`check` for a value that may be left empty (None or '' = unset)."""
+    return lambda value: None if value in (None, "") else check(value)
+
+
+UserName = Annotated[str, AfterValidator(check_user)]
+HostName = Annotated[str, AfterValidator(check_hostname)]
+MirrorUrl = Annotated[Optional[str], BeforeValidator(check_mirror)]
+SshKey = Annotated[str, AfterValidator(check_ssh_key)]
+PackageName = Annotated[str, AfterValidator(check_package)]
+Directory = Annotated[str, AfterValidator(check_dir)]
+InterfaceName = Annotated[Optional[str], AfterValidator(_optional(check_ifname))]
+
+
+def _absolute(suffix: str):
+    return AfterValidator(lambda value: check_path(value, suffix))
 
 
 class _Strict(BaseModel):
@@ -52,14 +198,14 @@ def size_field(default_unit: str = ""):
     return classmethod(check)
 
 
-# --- host.storage (issue 3) -------------------------------------------------------------------
+# --- host.storage -----------------------------------------------------------------------------
 class StorageConfig(_Strict):
     # lvm: LVs in volume_group (made by host.storage on device); dir: image files under dir
     kind: Literal["lvm", "dir"] = "lvm"
     device: Optional[str] = None
     size: Optional[int] = None  # bytes; None = all of the largest free region
     volume_group: str = "VolumeGroupXen"
-    dir: str = "/srv/xen"
+    dir: Annotated[str, AfterValidator(check_storage_dir)] = "/srv/xen"
 
     _size = field_validator("size", mode="before")(size_field())
 
@@ -70,7 +216,7 @@ class StorageConfig(_Strict):
             return None
         if (
             not isinstance(value, str)
-            or not re.match(r"^/dev/[A-Za-z0-9][A-Za-z0-9_./:-]*$", value)
+            or not re.fullmatch(r"^/dev/[A-Za-z0-9][A-Za-z0-9_./:-]*$", value)
             or "/../" in value + "/"
         ):
             raise ValueError("must be a block device path such as /dev/sdb or /dev/sdb2")
@@ -81,7 +227,7 @@ class StorageConfig(_Strict):
     def _volume_group(cls, value: str) -> str:
         # LVM's own rule for VG names (lvm(8), "Valid names")
         if (
-            not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$", value)
+            not re.fullmatch(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$", value)
             or value in (".", "..")
             or len(value) > 127
         ):
@@ -91,9 +237,10 @@ class StorageConfig(_Strict):
         return value
 
 
-# --- host.xen (issue 3) -----------------------------------------------------------------------
+# --- host.xen ---------------------------------------------------------------------------------
 class XenConfig(_Strict):
-    package: Optional[str] = None  # None = the hypervisor package of the host's release
+    # None = the hypervisor package of the host's release
+    package: Optional[Annotated[str, AfterValidator(check_package)]] = None
     dom0_mem: int = 4096 * units.MiB  # bytes
 
     _dom0_mem = field_validator("dom0_mem", mode="before")(size_field("M"))
@@ -106,24 +253,15 @@ class XenConfig(_Strict):
             raise ValueError("must be a whole number of MiB, at least 512M")
         return value
 
-    @field_validator("package")
-    @classmethod
-    def _package(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not re.match(r"^[a-z0-9][a-z0-9+.-]+$", value):
-            raise ValueError("is not a Debian package name")
-        return value
-
 
 class HostConfig(_Strict):
-    bridge: str = "xenbr0"
+    bridge: Annotated[str, AfterValidator(check_ifname)] = "xenbr0"
     subnet: ipaddress.IPv4Network
     address: Optional[ipaddress.IPv4Address] = None
-    netplan_file: str = "/etc/netplan/01-netcfg.yaml"
-    sysctl_file: str = "/etc/sysctl.d/60-xenlab-forwarding.conf"
+    netplan_file: Annotated[str, _absolute(".yaml")] = "/etc/netplan/01-netcfg.yaml"
+    sysctl_file: Annotated[str, _absolute(".conf")] = "/etc/sysctl.d/60-xenlab-forwarding.conf"
     storage: StorageConfig = StorageConfig()
     xen: XenConfig = XenConfig()
-
-    _bridge = field_validator("bridge")(check_ifname)
 
     @field_validator("subnet", mode="before")
     @classmethod
@@ -141,97 +279,78 @@ class HostConfig(_Strict):
             subnet_math.bridge_interface(net, address)
         return address
 
-    @field_validator("netplan_file")
-    @classmethod
-    def _netplan(cls, value: str) -> str:
-        return _absolute(value, ".yaml")
-
-    @field_validator("sysctl_file")
-    @classmethod
-    def _sysctl(cls, value: str) -> str:
-        return _absolute(value, ".conf")
-
     @property
     def bridge_interface(self) -> ipaddress.IPv4Interface:
         return subnet_math.bridge_interface(self.subnet, self.address)
 
 
-# --- install.* and pxe.* (issue 4) ------------------------------------------------------------
-# Values that go into the preseed and the boot menus (jinja2 templates): each is checked against
-# a strict pattern here, so no template ever sees a quote, a space where none belongs or a newline.
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+# --- install.* and pxe.* ----------------------------------------------------------------------
+# Values that go into the preseed and the boot menus: each is checked against a strict pattern.
+_DOMAIN = re.compile(f"^{_LABEL}(\\.{_LABEL})*$")
 _LOCALE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?(\.UTF-8)?(@[a-z]+)?$")
 _KEYMAP = re.compile(r"^[a-z]{2,8}([-_][a-z0-9]{1,12})?$")
 _TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
-_MIRROR = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*/?$")
 _SHELL = re.compile(r"^[a-z][a-z0-9-]*$")
 _CRYPT = re.compile(r"^\$(1|2[aby]|5|6|y|gy|7)\$[A-Za-z0-9./$=,-]+$")
 _TERM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
 # One kernel argument: what GRUB, pxelinux and iPXE all pass through unquoted and unexpanded.
 KERNEL_ARG = re.compile(r"^[A-Za-z0-9_./:,=@+-]+$")
-_SSH_KEY = re.compile(
-    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
-    r" [A-Za-z0-9+/]+={0,3}( [\x21-\x7e][\x20-\x7e]*)?$"
-)
 
 
-def _matching(pattern: "re.Pattern", what: str):
-    def check(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not pattern.fullmatch(value):
+def _matching(pattern: "re.Pattern", what: str) -> AfterValidator:
+    """A str field's check against one of the patterns above."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
             raise ValueError(f"is not {what}")
         return value
 
-    return classmethod(check)
+    return AfterValidator(check)
+
+
+Locale = Annotated[str, _matching(_LOCALE, "a locale such as en_US.UTF-8")]
+Keymap = Annotated[str, _matching(_KEYMAP, "a keymap such as us or de")]
+TimeZone = Annotated[str, _matching(_TIMEZONE, "a time zone such as Europe/Amsterdam")]
+Domain = Annotated[str, _matching(_DOMAIN, "a DNS domain such as example.net")]
+Shell = Annotated[str, _matching(_SHELL, "a shell's name such as zsh")]
+CryptHash = Annotated[
+    str, _matching(_CRYPT, "a crypt(3) hash such as the output of mkpasswd -m sha-512")
+]
+TerminalName = Annotated[str, _matching(_TERM, "a terminal name")]
+KernelArg = Annotated[str, _matching(KERNEL_ARG, "one kernel argument (no spaces or quotes)")]
+
+
+# The profile names a site may use; pxe/profiles.py (the installer's) and pipeline/guest/profiles.py
+# (the golden image's) each hold one entry per name.
+ProfileName = Literal["ubuntu-18.04", "debian-12"]
 
 
 class InstallConfig(_Strict):
-    profile: Literal["ubuntu-18.04", "debian-12"] = "ubuntu-18.04"
+    profile: ProfileName = "ubuntu-18.04"
     mac: Optional[str] = None
     disk: str = "/dev/sda"
     disk_size: int = 500 * units.GiB
     root_size: int = 20 * units.GiB
     swap_size: int = 8 * units.GiB
     keep_free: int = 200 * units.GiB
-    user: str = "admin"
-    ssh_authorized_keys: List[str] = []
-    packages: List[str] = ["openssh-server", "neovim", "zsh", "lvm2"]
-    locale: str = "en_US.UTF-8"
-    keyboard: str = "us"
-    timezone: str = "Etc/UTC"
-    mirror: Optional[str] = None  # None = the profile's default (see pxe/profiles.py)
-    installer_url: Optional[str] = None  # the netboot images directory; None = the profile's
-    hostname: str = "xenhost"
-    domain: str = "example.net"
-    shell: str = "zsh"  # a package that installs /usr/bin/NAME or /bin/NAME
-    password_hash: Optional[str] = None  # crypt(3); None = a locked password (keys only)
-    terminfo: List[str] = ["xterm-kitty"]
-    kernel_args: List[str] = []  # extra installer arguments, e.g. console=ttyS0,115200n8
-    cache_dir: str = "/var/cache/xenlab/pxe"  # downloads, under --root
+    user: UserName = "admin"
+    ssh_authorized_keys: List[SshKey] = []
+    packages: List[PackageName] = ["openssh-server", "neovim", "zsh", "lvm2"]
+    locale: Locale = "en_US.UTF-8"
+    keyboard: Keymap = "us"
+    timezone: TimeZone = "Etc/UTC"
+    mirror: MirrorUrl = None  # None = the profile's default (see pxe/profiles.py)
+    installer_url: MirrorUrl = None  # the netboot images directory; None = the profile's
+    hostname: HostName = "xenhost"
+    domain: Domain = "example.net"
+    shell: Shell = "zsh"  # a package that installs /usr/bin/NAME or /bin/NAME
+    password_hash: Optional[CryptHash] = None  # crypt(3); None = a locked password (keys only)
+    terminfo: List[TerminalName] = ["xterm-kitty"]
+    kernel_args: List[KernelArg] = []  # extra installer arguments, e.g. console=ttyS0,115200n8
+    cache_dir: Directory = "/var/cache/xenlab/pxe"  # downloads, under --root
 
     _sizes = field_validator("disk_size", "root_size", "swap_size", "keep_free", mode="before")(
         size_field()
-    )
-    _user = field_validator("user")(_matching(_USER, "a user name (a-z, 0-9, '_', '-')"))
-    _locale = field_validator("locale")(_matching(_LOCALE, "a locale such as en_US.UTF-8"))
-    _keyboard = field_validator("keyboard")(_matching(_KEYMAP, "a keymap such as us or de"))
-    _timezone = field_validator("timezone")(
-        _matching(_TIMEZONE, "a time zone such as Europe/Amsterdam")
-    )
-    _mirror = field_validator("mirror", "installer_url")(
-        _matching(_MIRROR, "an http(s) URL such as http://archive.ubuntu.com/ubuntu")
-    )
-    _hostname = field_validator("hostname")(
-        _matching(_HOSTNAME, "a host name (a-z, 0-9, '-', no dots)")
-    )
-    _domain = field_validator("domain")(_matching(_DOMAIN, "a DNS domain such as example.net"))
-    _shell = field_validator("shell")(_matching(_SHELL, "a shell's name such as zsh"))
-    _password_hash = field_validator("password_hash")(
-        _matching(_CRYPT, "a crypt(3) hash such as the output of mkpasswd -m sha-512")
     )
 
     @field_validator("mac", mode="before")
@@ -246,53 +365,11 @@ class InstallConfig(_Strict):
             raise ValueError("must be a whole disk such as /dev/sda or /dev/nvme0n1")
         return value
 
-    @field_validator("ssh_authorized_keys")
-    @classmethod
-    def _keys(cls, value: List[str]) -> List[str]:
-        for key in value:
-            if not _SSH_KEY.fullmatch(key) or set(key) & set("'\"\\`$"):
-                raise ValueError(
-                    f"{key[:40]!r}... is not one public key on one line (type, base64, a comment"
-                    " without quotes)"
-                )
-        return value
-
-    @field_validator("packages")
-    @classmethod
-    def _packages(cls, value: List[str]) -> List[str]:
-        for name in value:
-            if not _PACKAGE.fullmatch(name):
-                raise ValueError(f"{name!r} is not a Debian package name")
-        return value
-
     @field_validator("terminfo", "kernel_args", mode="before")
     @classmethod
     def _one_or_more(cls, value: Any) -> Any:
         # a single name (terminfo: xterm-kitty) is a list of one
         return [value] if isinstance(value, str) else value
-
-    @field_validator("terminfo")
-    @classmethod
-    def _terminfo(cls, value: List[str]) -> List[str]:
-        for name in value:
-            if not _TERM.fullmatch(name):
-                raise ValueError(f"{name!r} is not a terminal name")
-        return value
-
-    @field_validator("kernel_args")
-    @classmethod
-    def _kernel_args(cls, value: List[str]) -> List[str]:
-        for arg in value:
-            if not KERNEL_ARG.fullmatch(arg):
-                raise ValueError(f"{arg!r} is not one kernel argument (no spaces or quotes)")
-        return value
-
-    @field_validator("cache_dir")
-    @classmethod
-    def _cache_dir(cls, value: str) -> str:
-        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", value) or "/../" in value + "/":
-            raise ValueError("must be an absolute path without '..'")
-        return value
 
 
 def parse_range(value: str) -> Tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
@@ -310,22 +387,20 @@ def parse_range(value: str) -> Tuple[ipaddress.IPv4Address, ipaddress.IPv4Addres
 
 
 class PxeConfig(_Strict):
-    interface: Optional[str] = None  # pxe.serve binds to this interface only
+    interface: InterfaceName = None  # pxe.serve binds to this interface only
     mode: Literal["proxy", "dhcp"] = "proxy"
     dhcp_range: Optional[str] = None  # "FIRST-LAST", for mode dhcp
     http_port: int = 8080
-    tftp_root: str = "/srv/xenlab/tftp"
-    state_dir: str = "/var/lib/xenlab/pxe"
+    tftp_root: Directory = "/srv/xenlab/tftp"
+    state_dir: Directory = "/var/lib/xenlab/pxe"
     # iPXE clients (DHCP user class "iPXE") get an HTTP script; false: the TFTP loader as any ROM.
     ipxe_http: bool = True
+    # Kernel and initrd over HTTP after the first loader for every client (lpxelinux.0 for BIOS,
+    # GRUB's (http,...) for UEFI); false: pxelinux and GRUB load them over TFTP.
+    http_boot: bool = True
     # Full DHCP: the name server offered (the installer insists on one); None = this server.
     dns: Optional[ipaddress.IPv4Address] = None
     lease_time: int = 3600  # seconds, full DHCP
-
-    @field_validator("interface")
-    @classmethod
-    def _interface(cls, value: Optional[str]) -> Optional[str]:
-        return None if value in (None, "") else check_ifname(value)
 
     @field_validator("dhcp_range")
     @classmethod
@@ -349,60 +424,20 @@ class PxeConfig(_Strict):
             raise ValueError("must be 60 seconds to 30 days")
         return value
 
-    @field_validator("tftp_root", "state_dir")
-    @classmethod
-    def _dirs(cls, value: str) -> str:
-        if not value.startswith("/") or "/../" in value + "/" or value == "/":
-            raise ValueError("must be an absolute path without '..' (and not /)")
-        if any(c.isspace() or c in "'\"$`\\" for c in value):
-            # diskimage-builder passes it through `sh -c` unquoted
-            raise ValueError("must not hold spaces, quotes, '$', '`' or '\\'")
-        return value.rstrip("/")
-
     @property
     def range_bounds(self) -> Optional[Tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]]:
         return parse_range(self.dhcp_range) if self.dhcp_range else None
 
 
-# --- images.* and guests.* (issue 5) -----------------------------------------------------------
-_MIRROR = re.compile(r"^https?://[A-Za-z0-9._~:/@%+-]+$")
-
-
-def check_mirror(value: Any) -> Optional[str]:
-    """An http(s) URL with nothing a sources.list line or a shell word could trip over."""
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str) or not _MIRROR.match(value):
-        raise ValueError("must be an http:// or https:// URL without spaces or quotes")
-    return value.rstrip("/")
-
-
+# --- images.* and guests.* --------------------------------------------------------------------
 class ImagesConfig(_Strict):
-    cache_dir: str = "/var/cache/xenlab/images"
+    cache_dir: Directory = "/var/cache/xenlab/images"
     # Debian's archive and its security archive; None = the machine's apt sources.
-    mirror: Optional[str] = None
-    security_mirror: Optional[str] = None
+    mirror: MirrorUrl = None
+    security_mirror: MirrorUrl = None
     # Ubuntu's archive (its -security suite is there too); None = the machine's Ubuntu source
-    # for the release if it has one, else http://archive.ubuntu.com/ubuntu.
-    ubuntu_mirror: Optional[str] = None
-
-    _mirrors = field_validator("mirror", "security_mirror", "ubuntu_mirror", mode="before")(
-        classmethod(lambda cls, value: check_mirror(value))
-    )
-
-    @field_validator("cache_dir")
-    @classmethod
-    def _cache_dir(cls, value: str) -> str:
-        if not value.startswith("/") or "/../" in value + "/" or value == "/":
-            raise ValueError("must be an absolute path without '..' (and not /)")
-        if any(c.isspace() or c in "'\"$`\\" for c in value):
-            # diskimage-builder passes it through `sh -c` unquoted
-            raise ValueError("must not hold spaces, quotes, '$', '`' or '\\'")
-        return value.rstrip("/")
-
-
-_KEY_TYPES = ("ssh-", "ecdsa-", "sk-")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+    # for the release if it has one, else Ubuntu's public archive (apt_sources.UBUNTU_ARCHIVE).
+    ubuntu_mirror: MirrorUrl = None
 
 
 class GuestConfig(_Strict):
@@ -410,15 +445,15 @@ class GuestConfig(_Strict):
     vcpus: int = 1
     disk: int = 10 * units.GiB
     swap: int = 1 * units.GiB
-    profile: Literal["ubuntu-18.04", "debian-12"] = "ubuntu-18.04"
-    ip: Optional[ipaddress.IPv4Address] = None
+    profile: ProfileName = "ubuntu-18.04"
+    ip: Optional[ipaddress.IPv4Address] = None  # required by guest.build; Site checks it
     gateway: Optional[ipaddress.IPv4Address] = None  # None = the bridge address
-    bridge: Optional[str] = None  # None = host.bridge
+    bridge: InterfaceName = None  # None = host.bridge
     autostart: bool = True
-    ssh_authorized_keys: List[str] = []
+    ssh_authorized_keys: List[SshKey] = []
     # Networks that may reach the guest's sshd; empty = any address (still key-only).
     ssh_allow_from: List[ipaddress.IPv4Network] = []
-    user: str = "admin"  # the guest's admin account: the keys above, sudo, no password
+    user: UserName = "admin"  # the guest's admin account: the keys above, sudo, no password
     dns: List[ipaddress.IPv4Address] = []  # empty = the host's own (non-loopback) name servers
 
     _memory = field_validator("memory", mode="before")(size_field("M"))
@@ -429,15 +464,6 @@ class GuestConfig(_Strict):
     def _vcpus(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
-        return value
-
-    @field_validator("ssh_authorized_keys")
-    @classmethod
-    def _keys(cls, value: List[str]) -> List[str]:
-        for key in value:
-            words = key.split()
-            if "\n" in key or len(words) < 2 or not words[0].startswith(_KEY_TYPES):
-                raise ValueError(f"{key[:40]!r} is not one OpenSSH public key line")
         return value
 
     @field_validator("ssh_allow_from", mode="before")
@@ -453,12 +479,38 @@ class GuestConfig(_Strict):
                 raise ValueError(f"{item!r} is not an IPv4 network ({exc})") from None
         return nets
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str) -> str:
-        if not _USER.match(value) or value == "root":
-            raise ValueError("must be a Linux user name other than root (a-z, 0-9, _ and -)")
-        return value
+
+# --- the whole site ---------------------------------------------------------------------------
+class SiteProblems(ValueError):
+    """What a check across sections found, each naming its own field; load_site lists them all."""
+
+    def __init__(self, problems: List[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def guest_problems(host: HostConfig, guests: Dict[str, GuestConfig]) -> List[Problem]:
+    """Every guest's name is a host name; its IP, when set, is a free host address in host.subnet."""
+    problems = []
+    bridge = host.bridge_interface.ip
+    owners: Dict[ipaddress.IPv4Address, str] = {}
+    for name, guest in guests.items():
+        try:
+            check_hostname(name)
+        except ValueError as exc:
+            problems.append(Problem(f"guests.{name}", name, str(exc)))
+        if guest.ip is None:
+            continue
+        why = subnet_math.host_address_problem(host.subnet, guest.ip)
+        if why is None and guest.ip == bridge:
+            why = "is the bridge's address"
+        if why is None and guest.ip in owners:
+            why = f"is guests.{owners[guest.ip]}'s already"
+        if why:
+            problems.append(Problem(f"guests.{name}.ip", str(guest.ip), why))
+        else:
+            owners[guest.ip] = name
+    return problems
 
 
 class Site(_Strict):
@@ -467,6 +519,13 @@ class Site(_Strict):
     pxe: PxeConfig = PxeConfig()
     images: ImagesConfig = ImagesConfig()
     guests: Dict[str, GuestConfig] = {}
+
+    @model_validator(mode="after")
+    def _guests_fit_the_host(self) -> "Site":
+        problems = guest_problems(self.host, self.guests)
+        if problems:
+            raise SiteProblems(problems)
+        return self
 
 
 # Sections of Invoke's config that belong to xenlab; the rest (run, tasks, sudo...) is Invoke's own.
@@ -498,13 +557,25 @@ def load_site(config: Mapping, flags: Optional[Dict[str, Any]] = None) -> Site:
     try:
         return Site.model_validate(data)
     except ValidationError as exc:
-        raise BadInput.of([_problem(err, from_flag) for err in exc.errors()]) from None
+        problems = []
+        for err in exc.errors():
+            found = (err.get("ctx") or {}).get("error")
+            if isinstance(found, SiteProblems):
+                problems += [_named(p, from_flag) for p in found.problems]
+            else:
+                problems.append(_named(_problem(err), from_flag))
+        raise BadInput.of(problems) from None
 
 
-def _problem(err: Dict[str, Any], from_flag: Dict[str, str]) -> Problem:
+def _named(problem: Problem, from_flag: Dict[str, str]) -> Problem:
+    """The problem's field with the flag its value came from, if one did."""
+    if problem.field in from_flag:
+        return problem._replace(field=f"{problem.field} ({from_flag[problem.field]})")
+    return problem
+
+
+def _problem(err: Dict[str, Any]) -> Problem:
     field = ".".join(str(p) for p in err["loc"])
-    if field in from_flag:
-        field = f"{field} ({from_flag[field]})"
     kind = err["type"]
     if kind == "missing":
         return Problem(field, None, "is required")

@@ -48,21 +48,46 @@ class Runner:
             self._undo.append((description, undo))
 
     def write_file(self, path: str, text: str, mode: int = 0o644, secret: bool = False) -> bool:
-        """Write `text` to `path` (under --root) if it differs; True when it changed (or would)."""
-        target = self.path(path)
-        old = target.read_text() if target.is_file() else None
+        """Write `text` to `path` (under --root) if it differs; True when it changed (or would).
+
+        A dry run shows the diff, unless the text is `secret`.
+        """
+        return self._write(self.path(path), text.encode(), mode, secret, text=True)
+
+    def write_bytes(
+        self,
+        path: str,
+        data: bytes,
+        mode: int = 0o644,
+        secret: bool = False,
+        *,
+        under_root: bool = True,
+    ) -> bool:
+        """Write binary `data` to `path` as write_file does; a dry run says its size, no diff.
+
+        `under_root=False`: `path` is where the file goes whatever --root says (a file the user
+        named, such as a drawing), not a system path.
+        """
+        target = self.path(path) if under_root else Path(path)
+        return self._write(target, data, mode, secret, text=False)
+
+    def _write(self, target: Path, data: bytes, mode: int, secret: bool, text: bool) -> bool:
+        """The one file writer: unchanged -> False; dry run -> said; else atomic, undoable."""
+        old = target.read_bytes() if target.is_file() else None
         old_mode = target.stat().st_mode & 0o7777 if old is not None else None
-        if old == text and old_mode == mode:
+        if old == data and old_mode == mode:
             return False
+        size = "" if text else f"{len(data)} bytes, "
         if self.dry_run:
             self.changes.append(f"write {target}")
-            self.say(f"would write {target} (mode {mode:o})")
-            if not secret:
-                self.say(diff(old or "", text, str(target)) or "(mode only)")
+            self.say(f"would write {target} ({size}mode {mode:o})")
+            if text and not secret:
+                shown = diff((old or b"").decode(errors="replace"), data.decode(), str(target))
+                self.say(shown or "(mode only)")
             return True
         created = _missing_parents(target)
         try:
-            _atomic_write(target, text, mode)
+            _atomic_write(target, data, mode)
         except OSError as exc:
             _remove_empty(created)
             raise Failed(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -74,7 +99,9 @@ class Runner:
             else:
                 _atomic_write(target, old, old_mode or 0o644)
 
-        self.change(f"wrote {target}", lambda: None, undo)
+        self.change(
+            f"wrote {target}" + (f" ({len(data)} bytes)" if not text else ""), lambda: None, undo
+        )
         return True
 
     def run(self, argv: Sequence[str], *, check: bool = True, changes: bool = True) -> str:
@@ -163,13 +190,15 @@ def _remove_empty(dirs: List[Path]) -> None:
             d.rmdir()
 
 
-def _atomic_write(target: Path, text: str, mode: int) -> None:
+def _atomic_write(target: Path, data: bytes, mode: int) -> None:
+    """`data` into `target` with `mode` from the first byte on (a secret is never readable by
+    others), through a temporary file beside it renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

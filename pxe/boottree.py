@@ -1,7 +1,9 @@
 """`pxe.build`: the boot tree at pxe.tftp_root (under --root), what pxe.serve serves.
 
-    bios/pxelinux.0, bios/ldlinux.c32 ...   pxelinux and the modules its menus use (pxe/menus.py)
+    bios/pxelinux.0, bios/lpxelinux.0,      pxelinux (lpxelinux: with HTTP, for pxe.http_boot)
+    bios/ldlinux.c32 ...                    and the modules its menus use (pxe/menus.py)
     bootx64.efi, grubx64.efi                shim and Debian's signed GRUB network image
+    grub/x86_64-efi/http.mod                GRUB's HTTP client (for pxe.http_boot)
     installers/<profile>/linux, initrd.gz   the installer
 
 The menus and preseeds are not files: pxe.serve makes them per request (pxe/menus.py). Where
@@ -11,8 +13,9 @@ each piece comes from:
   default: for debian-12 the Debian package, for ubuntu-18.04 the netboot images of
   bionic-updates on the Ubuntu archive (install.installer_url overrides), checked against the
   images' SHA256SUMS.
-- pxelinux: from the installer's own tree when it has pxelinux.0 and every module (they must be
-  of one syslinux build), else from the Debian packages pxelinux and syslinux-common.
+- pxelinux: from the installer's own tree when it has pxelinux.0, lpxelinux.0 and every module
+  (they must be of one syslinux build), else from the Debian packages pxelinux and
+  syslinux-common (Debian's and Ubuntu's netboot trees have no lpxelinux.0).
 - shim and GRUB: the Debian packages shim-signed and grub-efi-amd64-signed.
 Packages come through the machine's apt (`apt-get download`, checked by apt) and are unpacked
 with `dpkg-deb -x` into install.cache_dir: nothing needs to be installed.
@@ -33,13 +36,15 @@ from pxe import menus, profiles
 from pxe.download import Cache, fetch_text, parse_sha256sums
 
 SYSLINUX_PACKAGES = ("pxelinux", "syslinux-common")
-PXELINUX_IN_PACKAGE = "usr/lib/PXELINUX/pxelinux.0"
+PXELINUX_IN_PACKAGE = "usr/lib/PXELINUX/pxelinux.0"  # lpxelinux.0 beside it
 MODULES_IN_PACKAGE = "usr/lib/syslinux/modules/bios"
 SHIM_PACKAGE, SHIM_IN_PACKAGE = "shim-signed", "usr/lib/shim/shimx64.efi.signed"
 GRUB_PACKAGE, GRUB_IN_PACKAGE = (
     "grub-efi-amd64-signed",
     "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
 )
+# GRUB's modules of the same build (http.mod: pxe/menus.py EFI_GRUB_MODULES)
+GRUB_MODULES_PACKAGE, GRUB_MODULES_IN_PACKAGE = "grub-efi-amd64-bin", "usr/lib/grub/x86_64-efi"
 NOT_REACHABLE_HINT = (
     "get the netboot tarball (netboot.tar.gz) or its linux and initrd.gz some other way and "
     "give it with `invoke pxe.build --installer PATH`"
@@ -80,7 +85,7 @@ def _find(tree: Path, name: str) -> Optional[Path]:
 
 
 def _installer_in_tree(
-    tree: Path, profile: profiles.Profile, origin: str
+    tree: Path, profile: profiles.InstallerProfile, origin: str
 ) -> Tuple[Tuple[Source, Source], Path]:
     """Kernel and initrd in an unpacked installer (flat, a netboot tree, or a package's tree),
     and the folder they were found in (where its pxelinux is looked for: a package holds more
@@ -145,7 +150,7 @@ def _installer(
 
 
 def _bios(tree: Optional[Path], cache: Cache) -> Dict[str, Source]:
-    names = ("pxelinux.0",) + menus.BIOS_MODULES
+    names = menus.BIOS_LOADERS + menus.BIOS_MODULES
     if tree is not None:
         found = {name: _find(tree, name) for name in names}
         if all(found.values()):
@@ -156,9 +161,11 @@ def _bios(tree: Optional[Path], cache: Cache) -> Dict[str, Source]:
     pxelinux = cache.package(SYSLINUX_PACKAGES[0])
     modules = cache.package(SYSLINUX_PACKAGES[1])
     sources = {
-        "bios/pxelinux.0": Source(
-            _file(pxelinux / PXELINUX_IN_PACKAGE, pxelinux, "pxelinux"), "the package pxelinux"
+        f"bios/{name}": Source(
+            _file((pxelinux / PXELINUX_IN_PACKAGE).with_name(name), pxelinux, "pxelinux"),
+            "the package pxelinux",
         )
+        for name in menus.BIOS_LOADERS
     }
     for name in menus.BIOS_MODULES:
         path = modules / MODULES_IN_PACKAGE / name
@@ -171,7 +178,16 @@ def _bios(tree: Optional[Path], cache: Cache) -> Dict[str, Source]:
 def _efi(cache: Cache) -> Dict[str, Source]:
     shim = cache.package(SHIM_PACKAGE)
     grub = cache.package(GRUB_PACKAGE)
+    grub_modules = cache.package(GRUB_MODULES_PACKAGE)
+    modules = {
+        f"{menus.EFI_GRUB_MODULE_DIR}/{name}": Source(
+            _file(grub_modules / GRUB_MODULES_IN_PACKAGE / name, grub_modules, name),
+            f"the package {GRUB_MODULES_PACKAGE}",
+        )
+        for name in menus.EFI_GRUB_MODULES
+    }
     return {
+        **modules,
         menus.EFI_LOADER: Source(
             _file(shim / SHIM_IN_PACKAGE, shim, SHIM_PACKAGE), f"the package {SHIM_PACKAGE}"
         ),
@@ -245,7 +261,7 @@ def _planned_origin(install: InstallConfig, installer: Optional[str]) -> Callabl
             return kernel_from
         if rel.startswith("bios/"):
             return "from the installer's tree or the packages " + " and ".join(SYSLINUX_PACKAGES)
-        return f"from the packages {SHIM_PACKAGE} and {GRUB_PACKAGE}"
+        return f"from the packages {SHIM_PACKAGE}, {GRUB_PACKAGE} and {GRUB_MODULES_PACKAGE}"
 
     return origin
 
@@ -266,8 +282,9 @@ def build(
         raise BadInput("--installer", installer, "does not exist")
     wanted = (
         menus.installer_files(profile.name)
-        + [f"bios/{n}" for n in ("pxelinux.0",) + menus.BIOS_MODULES]
+        + [f"bios/{n}" for n in menus.BIOS_LOADERS + menus.BIOS_MODULES]
         + [menus.EFI_LOADER, menus.EFI_GRUB]
+        + [f"{menus.EFI_GRUB_MODULE_DIR}/{n}" for n in menus.EFI_GRUB_MODULES]
     )
     tree = BootTree(root=root, files=wanted)
     cache_dir = runner.path(install.cache_dir)

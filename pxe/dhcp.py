@@ -88,6 +88,11 @@ class Packet:
         return self.vendor_class.startswith(b"PXEClient")
 
     @property
+    def is_http_client(self) -> bool:
+        """UEFI HTTP Boot (UEFI 2.5+): firmware that takes its boot file as an http:// URL."""
+        return self.vendor_class.startswith(b"HTTPClient")
+
+    @property
     def user_class(self) -> Optional[bytes]:
         return self.options.get(USER_CLASS)
 

@@ -69,10 +69,34 @@ class ClientTable:
         return "?"
 
 
+LEASES_FILE = "leases.json"  # in pxe.state_dir
+
+
 @dataclass
 class Lease:
     ip: str
     expires: float
+
+
+def leases_file(state_dir: Path) -> Path:
+    return Path(state_dir) / LEASES_FILE
+
+
+def read_leases(state_file: Path) -> Dict[str, Lease]:
+    """The committed leases in `state_file`, {mac: Lease}; an entry that cannot be read is left
+    out, and a missing or damaged file holds none (it only loses the memory of old leases)."""
+    try:
+        data = json.loads(Path(state_file).read_text())
+    except (OSError, ValueError):
+        return {}
+    entries = data.get("leases") if isinstance(data, dict) else None
+    found = {}
+    for mac, entry in (entries if isinstance(entries, dict) else {}).items():
+        try:
+            found[mac] = Lease(str(entry["ip"]), float(entry["expires"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
 
 
 class Leases:
@@ -87,15 +111,8 @@ class Leases:
         self.lease_time = lease_time
         self._now = now
         self._lock = threading.Lock()
-        self.committed: Dict[str, Lease] = {}
+        self.committed: Dict[str, Lease] = read_leases(state_file) if state_file else {}
         self._offered: Dict[str, Lease] = {}
-        if state_file is not None and state_file.is_file():
-            try:
-                data = json.loads(state_file.read_text())
-                for mac, entry in data.get("leases", {}).items():
-                    self.committed[mac] = Lease(entry["ip"], float(entry["expires"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                pass  # a damaged file only loses the memory of old leases
 
     def in_range(self, ip: str) -> bool:
         try:
@@ -221,7 +238,8 @@ class DhcpLogic:
     # --- proxyDHCP ---------------------------------------------------------------------------
     def _boot_options(self, packet: Packet, reply: Packet, proxy: bool) -> Optional[str]:
         """Put the boot file into `reply`; its name, or None when this client gets none."""
-        if not packet.is_pxe:
+        http_client = packet.is_http_client  # UEFI HTTP Boot: the name is a URL, no TFTP
+        if not (packet.is_pxe or http_client):
             return None
         name = self.boot_file(packet)
         if not name:
@@ -232,7 +250,11 @@ class DhcpLogic:
             reply.file = raw
         reply.options[dhcp.TFTP_SERVER] = self.net.server.encode()
         reply.options[dhcp.BOOTFILE] = raw
-        if proxy:
+        if http_client:
+            # UEFI takes the offer's URL only with its own vendor class echoed (UEFI 2.5, 24.7).
+            reply.options[dhcp.VENDOR_CLASS] = b"HTTPClient"
+            reply.options.pop(dhcp.TFTP_SERVER, None)
+        elif proxy:
             # A proxy answer must say PXEClient and carry the PXE options (PXE spec 2.2.5);
             # discovery control 8: boot the file named here, no boot server discovery.
             reply.options[dhcp.VENDOR_CLASS] = b"PXEClient"
@@ -244,7 +266,7 @@ class DhcpLogic:
         return name
 
     def _proxy(self, packet: Packet, kind: int) -> Optional[Answer]:
-        if kind != dhcp.DISCOVER or not packet.is_pxe:
+        if kind != dhcp.DISCOVER or not (packet.is_pxe or packet.is_http_client):
             return None  # addresses are the site DHCP server's business
         reply = dhcp.reply_to(packet, dhcp.OFFER)
         reply.options[dhcp.SERVER_ID] = dhcp.ip_option(self.net.server)

@@ -7,7 +7,6 @@
   boot tree, confined to it like TFTP.
 """
 
-import shutil
 import socket
 import socketserver
 import threading
@@ -21,7 +20,8 @@ from pipeline.errors import BadInput
 from pxe import tftp
 from pxe.arming import normalise_mac
 
-STATIC_PREFIXES = ("installers/",)
+# The installer; shim, GRUB and its modules for UEFI HTTP Boot (pxe/menus.py: EFI_*).
+STATIC_PREFIXES = ("installers/", "bootx64.efi", "grubx64.efi", "grub/x86_64-efi/")
 
 
 @dataclass
@@ -137,7 +137,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(size))
                 self.end_headers()
                 if body:
-                    shutil.copyfileobj(fh, self.wfile, 1 << 20)
+                    # Straight from the page cache to the socket (sendfile), headers first.
+                    self.wfile.flush()
+                    self.connection.sendfile(fh)
         except OSError as exc:
             app.log(mac, f"HTTP {path} failed: {exc.strerror or exc}")
             self.close_connection = True

@@ -1,7 +1,8 @@
 """Boot menus, made per request: what each loader asks for, decided by whether its MAC is armed.
 
 The paths the loaders request (relative to the boot tree; a leading '/' is ignored):
-- pxelinux (bios/pxelinux.0) looks in its own folder: bios/pxelinux.cfg/01-<mac-with-dashes>
+- pxelinux (bios/pxelinux.0, or bios/lpxelinux.0: the same with an HTTP client) looks in its
+  own folder: bios/pxelinux.cfg/01-<mac-with-dashes>
   first (answered for every MAC: the install when armed, else the local disk), then the hex IP
   names (not answered) and bios/pxelinux.cfg/default (the local disk).
 - UEFI: shim (bootx64.efi) loads grubx64.efi, Debian's signed GRUB network image. Its prefix
@@ -12,8 +13,12 @@ The paths the loaders request (relative to the boot tree; a leading '/' is ignor
   Seen in full with OVMF's own PXE client and dnsmasq: shim, GRUB, grub/grub.cfg,
   grub/mac/<mac>.cfg, then the installer's kernel and initrd over TFTP.
 - iPXE fetches ipxe/<mac>.ipxe over HTTP: the URL loader_for gives it in the DHCP answer.
-pxelinux and GRUB load the installer over TFTP (pxelinux's "::" means from the TFTP root, not
-from its own folder); iPXE loads it over HTTP.
+With pxe.http_boot (the default) only the first loader and its modules come over TFTP: BIOS
+clients get lpxelinux.0, whose menu names kernel and initrd as http:// URLs, and GRUB loads them
+from (http,SERVER:PORT). Without it pxelinux.0 and GRUB load the installer over TFTP (pxelinux's
+"::" means from the TFTP root, not from its own folder). iPXE always loads it over HTTP.
+UEFI HTTP Boot clients (vendor class "HTTPClient", UEFI 2.5+) get shim as an http:// URL: shim
+then fetches grubx64.efi from the same folder over HTTP, and GRUB its menus over HTTP too.
 """
 
 import ipaddress
@@ -27,13 +32,21 @@ from pipeline.errors import BadInput
 from pxe.templating import render_template
 
 BIOS_LOADER = "bios/pxelinux.0"
+BIOS_HTTP_LOADER = "bios/lpxelinux.0"  # pxelinux with lwIP and an HTTP client (package pxelinux)
+BIOS_LOADERS = ("pxelinux.0", "lpxelinux.0")  # under bios/
 # shim, and the GRUB it loads: at the top of the tree, because shim fetches grubx64.efi from the
 # folder of the boot file name it finds in the DHCP packet's `file` field, and a server (or
 # dnsmasq) that sends the name as option 67 leaves that field empty: shim then asks for
 # /grubx64.efi (seen with OVMF's own PXE client).
 EFI_LOADER = "bootx64.efi"
 EFI_GRUB = "grubx64.efi"
+# Debian's signed GRUB network image has tftp and efinet built in but not http: its module comes
+# from the package grub-efi-amd64-bin of the same build, in $prefix/x86_64-efi/. Under Secure
+# Boot GRUB refuses an unsigned module; the menu then loads the installer over TFTP instead.
+EFI_GRUB_MODULE_DIR = "grub/x86_64-efi"
+EFI_GRUB_MODULES = ("http.mod",)
 EFI_ARCHES = (6, 7, 9)  # DHCP option 93: EFI IA32, EFI BC, EFI x86-64
+HTTP_ARCHES = (15, 16)  # DHCP option 93 of UEFI HTTP Boot: x86 and x86-64 (RFC 4578 registry)
 # modules vesamenu.c32 needs beside ldlinux.c32 (syslinux 6)
 BIOS_MODULES = ("ldlinux.c32", "vesamenu.c32", "libcom32.c32", "libutil.c32")
 
@@ -50,6 +63,7 @@ class ServerInfo:
     http_port: int
     install: InstallConfig
     timeout: int = 5  # seconds a menu waits before its default entry
+    http_boot: bool = True  # pxe.http_boot: kernel and initrd over HTTP for every loader
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,8 @@ class InstallEntry:
     initrd: str
     args: List[str]
     base_url: str  # the tree over HTTP (for iPXE)
+    http: bool = True  # pxelinux and GRUB load kernel and initrd over HTTP
+    grub_http: str = ""  # GRUB's device for the HTTP server: (http,ADDRESS:PORT)
 
 
 def installer_files(profile: str) -> List[str]:
@@ -128,6 +144,8 @@ def _entry(server: ServerInfo, mac: str) -> InstallEntry:
         initrd=initrd,
         args=kernel_args(server, mac),
         base_url=base_url(server),
+        http=server.http_boot,
+        grub_http=f"(http,{server.address}:{server.http_port})",
     )
 
 
@@ -173,12 +191,22 @@ def render(path: str, server: ServerInfo, armed: Callable[[str], bool]) -> Optio
     return None
 
 
-def loader_for(arch: int, user_class: Optional[bytes], mac: str, server: ServerInfo) -> str:
+def loader_for(
+    arch: int,
+    user_class: Optional[bytes],
+    mac: str,
+    server: ServerInfo,
+    http_client: bool = False,
+) -> str:
     """The boot file name for a DHCP answer: the iPXE script's URL for iPXE (which loads over
-    HTTP), GRUB through shim for EFI (option 93 of 6, 7, 9), pxelinux for the rest."""
+    HTTP); for UEFI HTTP Boot (`http_client`: vendor class HTTPClient) shim's URL; GRUB through
+    shim for EFI (option 93 of 6, 7, 9); lpxelinux (pxe.http_boot) or pxelinux for the rest."""
     if user_class == b"iPXE":
         _check(server)
         return f"{base_url(server)}/ipxe/{macs.normalise(mac)}.ipxe"
+    if http_client:
+        _check(server)
+        return f"{base_url(server)}/{EFI_LOADER}"
     if arch in EFI_ARCHES:
         return EFI_LOADER
-    return BIOS_LOADER
+    return BIOS_HTTP_LOADER if server.http_boot else BIOS_LOADER

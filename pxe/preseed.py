@@ -20,6 +20,7 @@ from pxe.templating import Block, render_template
 DATA = Path(__file__).resolve().parent / "data"
 LOCKED = "!"  # user-setup takes "!" as the crypted password: a locked password
 _CALLBACK = re.compile(r"^http://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:%-]+)+/?$")
+_ANY_MAC = "02:00:00:00:00:00"  # a locally administered MAC: preflight renders for it
 # shells whose package is always installed
 _BASE_SHELLS = ("sh", "bash", "dash")
 
@@ -61,6 +62,20 @@ def setup_script(install: InstallConfig) -> str:
         disk=plan.disk,
         keep_free=plan.keep_free,
     )
+
+
+def callback_for(mac: str, address: str, port: int) -> str:
+    """The URL the installer of `mac` fetches when it is done: pxe.serve's HTTP at `address` (an
+    IP, or a name the host resolves) and `port`, which disarms the MAC."""
+    return f"http://{address}:{port}/callback/{mac}"
+
+
+def preflight(install: InstallConfig) -> partition_plan.Plan:
+    """Check that a preseed can be made from `install` (BadInput names the field), before anything
+    is fetched or served; the partition plan it would carry."""
+    plan = partition_plan.plan(install)  # the disk's room first: the commonest mistake
+    render(install, _ANY_MAC, callback_for(_ANY_MAC, "192.0.2.1", 80))
+    return plan
 
 
 def render(install: InstallConfig, mac: str, callback_url: str) -> str:

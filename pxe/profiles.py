@@ -1,5 +1,8 @@
 """The installers xenlab knows: where each comes from and what the preseed needs to know of it.
 
+The installer's profile table; a guest's golden image has its own, of the same names
+(pipeline/guest/profiles.py): netboot images and the preseed are not a guest's root filesystem.
+
 No mirror of this machine is written here: Debian's comes from the machine's apt sources at run
 time (pipeline/apt_sources.py) unless install.mirror names one; Ubuntu's default is its public
 archive.
@@ -15,7 +18,7 @@ from pipeline.errors import BadInput
 
 
 @dataclass(frozen=True)
-class Profile:
+class InstallerProfile:
     name: str
     distro: str  # ubuntu | debian
     suite: str  # the release the installer installs
@@ -64,7 +67,7 @@ class Profile:
 
 
 PROFILES = {
-    "ubuntu-18.04": Profile(
+    "ubuntu-18.04": InstallerProfile(
         name="ubuntu-18.04",
         distro="ubuntu",
         suite="bionic",
@@ -75,7 +78,7 @@ PROFILES = {
         tree_kernel="ubuntu-installer/amd64/linux",
         tree_initrd="ubuntu-installer/amd64/initrd.gz",
     ),
-    "debian-12": Profile(
+    "debian-12": InstallerProfile(
         name="debian-12",
         distro="debian",
         suite="bookworm",
@@ -91,7 +94,7 @@ PROFILES = {
 }
 
 
-def get(name: str) -> Profile:
+def get(name: str) -> InstallerProfile:
     return PROFILES[name]
 
 

@@ -18,9 +18,9 @@ from typing import Callable, List, Optional, Tuple
 
 from pipeline.errors import BadInput, Failed
 from pipeline.runner import Runner
-from pxe import arming
+from pxe import arming, preseed
 from pxe.dhcp import Packet
-from pxe.dhcp_server import ClientTable, DhcpLogic, DhcpServer, Leases, Network
+from pxe.dhcp_server import ClientTable, DhcpLogic, DhcpServer, Leases, Network, leases_file
 from pxe.http import HttpApp, HttpServer
 from pxe.tftp import TftpServer
 
@@ -48,36 +48,22 @@ class Plan:
     mtu: int = 1500
 
 
-def interface_address(interface: str) -> Tuple[ipaddress.IPv4Interface, int]:
-    """The first IPv4 address on `interface` in this network namespace, and its MTU."""
-    from pyroute2 import IPRoute
+def check(site) -> None:
+    """What pxe.serve needs of the site config alone, checked before the interface is read.
 
-    from netlink import links
-
-    with IPRoute() as ipr:
-        link = links.by_name(ipr, interface)
-        mtu = ipr.get_links(link.index)[0].get_attr("IFLA_MTU") if link else None
-    if link is None:
-        raise BadInput("pxe.interface (--interface)", interface, "no such interface here")
-    if not link.addresses:
-        raise BadInput("pxe.interface (--interface)", interface, "has no IPv4 address")
-    return link.addresses[0], int(mtu or 1500)
-
-
-def plan(site, root: Path, address: Optional[ipaddress.IPv4Interface] = None) -> Plan:
-    """Check the settings against the interface; BadInput names the field."""
-    from pxe import partition_plan, preseed
-
-    # A disk too small to keep install.keep_free free is bad input, found before serving anyone;
-    # so is anything else the preseed cannot be made from.
-    partition_plan.plan(site.install)
-    preseed.render(site.install, "02:00:00:00:00:00", "http://192.0.2.1/callback/02:00:00:00:00:00")
-    pxe = site.pxe
-    if not pxe.interface:
+    A disk too small to keep install.keep_free free is bad input, found before serving anyone; so
+    is anything else the preseed cannot be made from, and a missing pxe.interface.
+    """
+    preseed.preflight(site.install)
+    if not site.pxe.interface:
         raise BadInput("pxe.interface (--interface)", None, "is required: the PXE segment's NIC")
-    mtu = 1500
-    if address is None:
-        address, mtu = interface_address(pxe.interface)
+
+
+def plan(site, root: Path, address: ipaddress.IPv4Interface, mtu: int = 1500) -> Plan:
+    """Check the settings against the interface's `address` and `mtu` (netlink reads them from
+    pxe.interface); BadInput names the field."""
+    check(site)
+    pxe = site.pxe
     bounds = None
     if pxe.mode == "dhcp":
         if pxe.range_bounds is None:
@@ -140,14 +126,13 @@ class Service:
     """The three servers of one pxe.serve run; start() binds them, stop() closes them."""
 
     def __init__(self, plan: Plan, site, log: Callable[[str], None]):
-        from pxe import menus, preseed
+        from pxe import menus
 
         self.plan = plan
         self.site = site
         self._say = log
         self._log_lock = threading.Lock()
         self.menus = menus
-        self.preseed_module = preseed
         ip = str(plan.address.ip)
         self.ip = ip
         self.server = server_info(menus.ServerInfo, ip, plan.http_port, site)
@@ -159,7 +144,7 @@ class Service:
             self.leases = Leases(
                 plan.dhcp_range[0],
                 plan.dhcp_range[1],
-                plan.state_dir / "leases.json",
+                leases_file(plan.state_dir),
                 plan.lease_time,
             )
             for mac, lease in self.leases.committed.items():
@@ -183,7 +168,9 @@ class Service:
 
     def boot_file(self, packet: Packet) -> Optional[str]:
         user_class = packet.user_class if self.plan.ipxe_http else None
-        return self.menus.loader_for(packet.arch, user_class, packet.mac, self.server)
+        return self.menus.loader_for(
+            packet.arch, user_class, packet.mac, self.server, http_client=packet.is_http_client
+        )
 
     def render_menu(self, path: str) -> Optional[bytes]:
         content = self.menus.render(path, self.server, self.armed)
@@ -202,8 +189,8 @@ class Service:
         return content
 
     def preseed(self, mac: str) -> str:
-        callback = f"http://{self.ip}:{self.plan.http_port}/callback/{mac}"
-        return self.preseed_module.render(self.site.install, mac, callback)
+        callback = preseed.callback_for(mac, self.ip, self.plan.http_port)
+        return preseed.render(self.site.install, mac, callback)
 
     def mac_of(self, ip: str) -> str:
         return self.clients.mac_of(ip)
@@ -283,9 +270,8 @@ def describe(p: Plan) -> str:
     )
 
 
-def run(site, root: Path, log: Callable[[str], None], stop: threading.Event) -> None:
-    """Serve until `stop` is set (the task sets it on SIGINT/SIGTERM)."""
-    the_plan = plan(site, root)
+def run(site, the_plan: Plan, log: Callable[[str], None], stop: threading.Event) -> None:
+    """Serve `the_plan` until `stop` is set (the task sets it on SIGINT/SIGTERM)."""
     service = Service(the_plan, site, log)
     service.start()
     log(f"serving {describe(the_plan)}")

@@ -1,21 +1,37 @@
 """A read-only TFTP server confined to one directory: RFC 1350, options (RFC 2347: blksize 2348,
 tsize and timeout 2349) and windowsize (RFC 7440).
 
-Each read request gets its own thread and its own UDP port (the transfer ID of RFC 1350), so a
-slow or broken client holds up no one else. Names are looked up under the root only: `..`
-components, and symlinks that lead out of the root, are refused; an absolute name is taken as
-relative to the root, as tftpd's `--secure` does. Bad packets get an error packet or silence,
-never an exception out of the server.
+One thread runs one event loop (selectors/epoll) for every transfer. Each transfer has its own
+UDP socket and port (the transfer ID of RFC 1350), connected to its client, so the kernel drops
+anyone else's datagrams and a slow or broken client holds up no one: the loop only answers the
+sockets that have an ACK waiting, and a timer pass retransmits or gives up. A file is served from
+a read-only memory map: a block is a slice of the page cache handed to sendmsg with its 4-byte
+header, with no read() and no copy per block, and 50 clients of one initrd share its pages.
+Why not a thread per transfer: under lockstep (one block per round trip, what PXE ROMs do) the
+work per block is tiny, and 20 to 50 threads spend it fighting over the GIL and waking each
+other; one loop does each ACK -> DATA turn in one pass, with no locks.
+
+Against exhaustion (RFC 1350 gives no way to tell a slow client from a dead one): at most
+`max_per_client` transfers per client address; a transfer that never got its first ACK is given
+up after `first_retries` retransmissions of `timeout` (and, when every slot is taken, the oldest
+such transfer makes room for a new request), while a running one keeps the timeout it asked for
+(RFC 2349) and `retries`. netascii is converted block by block as it is sent, never the whole
+file. Names are looked up under the root only: `..` components, and symlinks that lead out of
+the root, are refused; an absolute name is taken as relative to the root, as tftpd's `--secure`
+does. Bad packets get an error packet or silence, never an exception out of the server, and
+what a client sent is logged with its control characters escaped (no forged log lines).
 """
 
+import mmap
 import os
+import selectors
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 # Error codes (RFC 1350, 2347)
@@ -151,23 +167,141 @@ def oack_packet(options: Dict[str, str]) -> bytes:
     return struct.pack("!H", OACK) + body
 
 
-class _Source:
-    """The bytes of one transfer: a file read by offset (retransmits re-read) or bytes in memory."""
+def printable(text: str) -> str:
+    """`text` for a log line: control characters (newlines, escapes), DEL, non-ASCII and the
+    backslash itself as \\xNN escapes, so a client's name can never start a line of its own."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        c
+        if " " <= c <= "~" and c != "\\"
+        else f"\\x{ord(c):02x}"
+        if ord(c) < 256
+        else f"\\u{ord(c):04x}"
+        for c in text
+    )
 
-    def __init__(self, path: Optional[Path] = None, data: Optional[bytes] = None):
-        self.fd = os.open(str(path), os.O_RDONLY) if path is not None else None
-        self.data = data
-        self.size = os.fstat(self.fd).st_size if self.fd is not None else len(data or b"")
 
-    def read(self, offset: int, length: int) -> bytes:
-        if self.fd is not None:
-            return os.pread(self.fd, length, offset)
-        return (self.data or b"")[offset : offset + length]
+Data = Union[bytes, bytearray, memoryview, mmap.mmap]
+_HEADER = struct.Struct("!HH")
+_ACK_SIZE = 4
+
+
+class _Octets:
+    """A transfer's bytes as they go on the wire (octet mode): block n is a slice of the map."""
+
+    last: Optional[int]
+
+    def __init__(self, data: Data, blksize: int, owned: Optional[mmap.mmap] = None):
+        self.view = memoryview(data)
+        self.owned = owned
+        self.size = len(self.view)
+        self.blksize = blksize
+        # Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
+        self.last = self.size // blksize + 1
+        self.sent = 0
+
+    def block(self, n: int) -> memoryview:
+        offset = (n - 1) * self.blksize
+        return self.view[offset : offset + self.blksize]
+
+    def forget(self, below: int) -> None:
+        """Blocks under `below` are acknowledged: they will not be asked for again."""
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        try:
+            self.view.release()
+            if self.owned is not None:
+                self.owned.close()
+        except BufferError:  # a slice still in use somewhere: the collector unmaps it
+            pass
+        self.owned = None
+
+
+class _Netascii(_Octets):
+    """netascii (RFC 764 line ends) made while streaming: a block is converted when it is first
+    sent and kept only until it is acknowledged (a window's worth), so the server never holds
+    the file, converted or not; the number of the last block is known once it has been made."""
+
+    CHUNK = 16384  # input bytes converted at a time
+
+    def __init__(self, data: Data, blksize: int, owned: Optional[mmap.mmap] = None):
+        super().__init__(data, blksize, owned)
+        self.last = None
+        self.position = 0  # input bytes converted so far
+        self.pending = bytearray()  # converted bytes not yet in a block
+        self.blocks: Dict[int, bytes] = {}
+        self.made = 0  # blocks made so far
+        self.size = 0  # bytes made so far (the wire size is known only at the end)
+
+    def block(self, n: int) -> memoryview:  # type: ignore[override]
+        while self.made < n and self.last is None:
+            self._make()
+        return memoryview(self.blocks[n])
+
+    def _make(self) -> None:
+        blksize = self.blksize
+        while len(self.pending) < blksize and self.position < len(self.view):
+            chunk = self.view[self.position : self.position + self.CHUNK]
+            self.position += len(chunk)
+            self.pending += to_netascii(bytes(chunk))
+        data = bytes(self.pending[:blksize])
+        del self.pending[:blksize]
+        self.made += 1
+        self.size += len(data)
+        self.blocks[self.made] = data
+        if len(data) < blksize:
+            self.last = self.made
+
+    def forget(self, below: int) -> None:
+        for n in [n for n in self.blocks if n < below]:
+            del self.blocks[n]
+
+
+def _open_source(
+    path: Optional[Path], content: Optional[bytes], netascii: bool, blksize: int
+) -> _Octets:
+    kind = _Netascii if netascii else _Octets
+    if content is not None:
+        return kind(content, blksize)
+    assert path is not None
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return kind(b"", blksize)
+        mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)  # the map keeps the file
+    return kind(mapped, blksize, owned=mapped)
+
+
+class _Transfer:
+    """One read in flight: its socket, its bytes and where the window is."""
+
+    __slots__ = (
+        "sock", "client", "key", "name", "source", "blksize", "window", "timeout", "oack",
+        "base", "top", "started", "tries", "deadline", "resent_for", "opened", "options_text",
+    )  # fmt: skip
+
+    def __init__(self, sock, client, key, name, source, opts: "Negotiated", timeout: float):
+        self.sock = sock
+        self.client = client
+        self.key = key
+        self.name = name
+        self.source = source
+        self.blksize = opts.blksize
+        self.window = opts.windowsize
+        self.timeout = opts.timeout or timeout  # RFC 2349: the client's, once it is running
+        self.oack = oack_packet(opts.acknowledged) if opts.acknowledged else None
+        self.options_text = " ".join(f"{k}={v}" for k, v in opts.acknowledged.items())
+        self.base = 1  # the first block not yet acknowledged
+        self.top = 0  # the last block sent
+        self.started = False  # the client has acknowledged something
+        self.tries = 0
+        self.deadline = 0.0
+        self.resent_for = 0  # the block a duplicate ACK already had resent
+        self.opened = time.monotonic()
 
 
 class TftpServer:
@@ -190,23 +324,33 @@ class TftpServer:
         max_blksize: int = MAX_BLKSIZE,
         max_window: int = 64,
         max_transfers: int = 64,
+        max_per_client: int = 8,
+        first_retries: int = 2,
     ):
         self.root = Path(root)
         self.address = address
         self.interface = interface
         self.virtual = virtual
-        self.log = log
+        self._log = log
         self.timeout = timeout
         self.retries = retries
+        self.first_retries = first_retries
         self.max_blksize = max_blksize
         self.max_window = max_window
         self.max_transfers = max_transfers
+        self.max_per_client = max_per_client
         self.sock = self._socket(port)
+        self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._active: Set[Tuple[Address, str]] = set()
-        self._threads: Set[threading.Thread] = set()
+        self._done = threading.Event()
+        self._running = False
+        self._selector = selectors.DefaultSelector()
+        self._transfers: Dict[Tuple[Address, str], _Transfer] = {}  # in the order they began
+        self._per_client: Dict[str, int] = {}
+
+    def log(self, ip: str, message: str) -> None:
+        self._log(ip, printable(message))
 
     def _socket(self, port: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -221,22 +365,52 @@ class TftpServer:
             raise
         return sock
 
-    # --- the listening socket ----------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        """Transfers in flight."""
+        return len(self._transfers)
+
+    # --- the loop ------------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        self.sock.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                data, client = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            try:
-                self._dispatch(data, client)
-            except Exception as exc:  # never let one packet stop the server
-                self.log(client[0], f"TFTP error on a request: {exc!r}")
+        selector = self._selector
+        selector.register(self.sock, selectors.EVENT_READ, None)
+        self._running = True
+        tick = min(0.1, self.timeout / 4)
+        next_check = time.monotonic() + tick
+        try:
+            while not self._stop.is_set():
+                for key, _ in selector.select(tick):
+                    transfer = key.data
+                    if transfer is None:
+                        self._on_request()
+                    else:
+                        self._on_packet(transfer)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + tick
+                    self._expire(now)
+        finally:
+            for transfer in list(self._transfers.values()):
+                self._finish(transfer, "the server stopped")
+            self._done.set()
+
+    def _on_request(self) -> None:
+        try:
+            data, client = self.sock.recvfrom(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        try:
+            self._dispatch(data, client)
+        except Exception as exc:  # never let one packet stop the server
+            self.log(client[0], f"TFTP error on a request: {exc!r}")
+
+    def _reply(self, client: Address, packet: bytes) -> None:
+        try:
+            self.sock.sendto(packet, client)
+        except OSError:
+            pass  # the client's problem; it asked from somewhere it cannot be answered
 
     def _dispatch(self, data: bytes, client: Address) -> None:
         opcode = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 0
@@ -244,189 +418,187 @@ class TftpServer:
             return  # not for the listening port; answering could start a packet storm
         if opcode == WRQ:
             self.log(client[0], "TFTP write refused (read-only)")
-            self.sock.sendto(error_packet(ACCESS_VIOLATION, "read-only server"), client)
+            self._reply(client, error_packet(ACCESS_VIOLATION, "read-only server"))
             return
         try:
             request = parse_request(data)
         except Refused as exc:
             self.log(client[0], f"TFTP bad request refused: {exc.message}")
-            self.sock.sendto(error_packet(exc.code, exc.message), client)
+            self._reply(client, error_packet(exc.code, exc.message))
             return
         key = (client, request.filename)
-        with self._lock:
-            if key in self._active:
-                return  # the client repeated its request while the first one is answered
-            if len(self._active) >= self.max_transfers:
-                self.sock.sendto(error_packet(NOT_DEFINED, "server busy"), client)
-                self.log(client[0], f"TFTP {request.filename} refused: busy")
-                return
-            self._active.add(key)
-        thread = threading.Thread(
-            target=self._transfer, args=(request, client, key), name="tftp", daemon=True
-        )
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
+        if key in self._transfers:
+            return  # the client repeated its request while the first one is answered
+        ip = client[0]
+        if self._per_client.get(ip, 0) >= self.max_per_client:
+            self.log(ip, f"TFTP {request.filename} refused: {self.max_per_client} transfers "
+                     "from this address already")  # fmt: skip
+            self._reply(client, error_packet(NOT_DEFINED, "too many transfers from your address"))
+            return
+        if len(self._transfers) >= self.max_transfers and not self._make_room():
+            self.log(ip, f"TFTP {request.filename} refused: busy")
+            self._reply(client, error_packet(NOT_DEFINED, "server busy"))
+            return
+        self._start(request, client, key)
 
-    # --- one transfer ------------------------------------------------------------------------
-    def _open(self, request: Request, client: Address) -> _Source:
-        name = request.filename
-        if self.virtual is not None:
-            content = self.virtual(name, client)
-            if content is not None:
-                return _Source(data=content)
-        return _Source(path=confine(self.root, name))
+    def _make_room(self) -> bool:
+        """Every slot is taken: give up the oldest transfer never acknowledged, if there is one."""
+        for transfer in self._transfers.values():
+            if not transfer.started:
+                self._finish(transfer, "never acknowledged (its slot was needed)")
+                return True
+        return False
 
-    def _transfer(self, request: Request, client: Address, key) -> None:
-        sock = None
-        source = None
+    def _start(self, request: Request, client: Address, key) -> None:
+        sock = self._socket(0)
         try:
-            sock = self._socket(0)
             sock.connect(client)  # datagrams from anyone else are dropped by the kernel
+            sock.setblocking(False)
             try:
-                source = self._open(request, client)
-                if request.mode == "netascii":
-                    raw = source.read(0, source.size)
-                    source.close()
-                    source = _Source(data=to_netascii(raw))
+                content = self.virtual(request.filename, client) if self.virtual else None
+                path = None if content is not None else confine(self.root, request.filename)
+                netascii = request.mode == "netascii"
+                if netascii:
                     request.options.pop("tsize", None)  # its size on the wire is what counts
-                options = negotiate(request.options, source.size, self.max_blksize, self.max_window)
+                size = len(content) if content is not None else path.stat().st_size  # type: ignore[union-attr]
+                options = negotiate(request.options, size, self.max_blksize, self.max_window)
+                source = _open_source(path, content, netascii, options.blksize)
             except Refused as exc:
                 self.log(client[0], f"TFTP {request.filename} refused: {exc.message}")
                 sock.send(error_packet(exc.code, exc.message))
-                return
-            except OSError as exc:
-                self.log(client[0], f"TFTP {request.filename} refused: {exc.strerror or exc}")
-                sock.send(error_packet(NOT_FOUND, "cannot read the file"))
-                return
-            outcome = _Sender(self, sock, source, options).run()
-            if outcome is None:
-                extra = " ".join(f"{k}={v}" for k, v in options.acknowledged.items())
-                self.log(
-                    client[0],
-                    f"TFTP {request.filename} ({source.size} bytes{', ' + extra if extra else ''})",
-                )
-            else:
-                self.log(client[0], f"TFTP {request.filename} failed: {outcome}")
-        except Exception as exc:
-            self.log(client[0], f"TFTP {request.filename} failed: {exc!r}")
-        finally:
-            if source is not None:
-                source.close()
-            if sock is not None:
                 sock.close()
-            with self._lock:
-                self._active.discard(key)
-                self._threads.discard(threading.current_thread())
+                return
+            except (OSError, ValueError) as exc:
+                message = getattr(exc, "strerror", None) or str(exc)
+                self.log(client[0], f"TFTP {request.filename} refused: {message}")
+                sock.send(error_packet(NOT_FOUND, "cannot read the file"))
+                sock.close()
+                return
+        except OSError:
+            sock.close()
+            return
+        transfer = _Transfer(sock, client, key, request.filename, source, options, self.timeout)
+        self._transfers[key] = transfer
+        self._per_client[client[0]] = self._per_client.get(client[0], 0) + 1
+        self._selector.register(sock, selectors.EVENT_READ, transfer)
+        self._send(transfer, time.monotonic())
+
+    # --- one transfer --------------------------------------------------------------------------
+    def _send(self, t: _Transfer, now: float) -> None:
+        """(Re)send what the client waits for: the OACK, or the window from t.base."""
+        sock = t.sock
+        try:
+            if t.oack is not None and not t.started:
+                sock.send(t.oack)
+            else:
+                source = t.source
+                pack = _HEADER.pack
+                n = t.base
+                end = n + t.window
+                while n < end:
+                    sock.sendmsg([pack(DATA, n & 0xFFFF), source.block(n)])
+                    if source.last is not None and n >= source.last:
+                        break
+                    n += 1
+                else:
+                    n -= 1
+                t.top = n
+        except (BlockingIOError, InterruptedError):
+            pass  # a full socket buffer is a lost packet: the timer resends
+        except OSError as exc:
+            self._finish(t, exc.strerror or str(exc))
+            return
+        t.deadline = now + (t.timeout if t.started else self.timeout)
+
+    def _on_packet(self, t: _Transfer) -> None:
+        try:
+            data = t.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ConnectionRefusedError:
+            self._finish(t, "the client went away")
+            return
+        except OSError as exc:
+            self._finish(t, exc.strerror or str(exc))
+            return
+        if len(data) < _ACK_SIZE:
+            return
+        opcode, number = _HEADER.unpack_from(data)
+        if opcode == ERROR:
+            self._finish(t, f"client error {number}: {data[4:-1].decode('ascii', 'replace')}")
+            return
+        if opcode != ACK:
+            return
+        # Block numbers on the wire wrap at 65536; the window says which turn is meant.
+        acked = t.base - 1 + ((number - (t.base - 1)) & 0xFFFF)
+        if acked > t.top:
+            return  # an old duplicate from an earlier turn: ignored
+        now = time.monotonic()
+        if not t.started:
+            t.started = True  # from now on the client's own timeout (RFC 2349)
+            t.tries = 0
+            if t.oack is not None:
+                self._send(t, now)  # ACK 0 of the OACK: the first window
+                return
+        if acked >= t.base:
+            last = t.source.last
+            if last is not None and acked >= last:
+                self._finish(t, None)
+                return
+            t.base = acked + 1
+            t.tries = 0
+            t.source.forget(t.base)
+            self._send(t, now)
+        elif t.resent_for != t.base:
+            # The client lost the window's start and said so: resend once per loss, not once
+            # per duplicate (the sorcerer's apprentice of RFC 1123).
+            t.resent_for = t.base
+            self._send(t, now)
+
+    def _expire(self, now: float) -> None:
+        for t in [t for t in self._transfers.values() if t.deadline <= now]:
+            t.tries += 1
+            if t.started and t.tries > self.retries:
+                self._finish(t, f"timed out at block {t.base}")
+            elif not t.started and t.tries > self.first_retries:
+                self._finish(t, "never acknowledged")
+            else:
+                self._send(t, now)
+
+    def _finish(self, t: _Transfer, failure: Optional[str]) -> None:
+        if self._transfers.pop(t.key, None) is None:
+            return
+        ip = t.client[0]
+        left = self._per_client.get(ip, 1) - 1
+        if left > 0:
+            self._per_client[ip] = left
+        else:
+            self._per_client.pop(ip, None)
+        try:
+            self._selector.unregister(t.sock)
+        except (KeyError, ValueError):
+            pass
+        t.sock.close()
+        size = t.source.size
+        t.source.close()
+        if failure is None:
+            extra = f", {t.options_text}" if t.options_text else ""
+            self.log(ip, f"TFTP {t.name} ({size} bytes{extra})")
+        else:
+            self.log(ip, f"TFTP {t.name} failed: {failure}")
 
     def shutdown(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
         self._stop.set()
+        if self._running:
+            self._done.wait(timeout=5)
+        else:
+            for transfer in list(self._transfers.values()):
+                self._finish(transfer, "the server stopped")
+        self._selector.close()
         self.sock.close()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout=2)
-
-
-class _Sender:
-    """The data phase: windows of blocks, acknowledged by the last block of each (RFC 7440)."""
-
-    def __init__(self, server: TftpServer, sock: socket.socket, source: _Source, opts: Negotiated):
-        self.server = server
-        self.sock = sock
-        self.source = source
-        self.blksize = opts.blksize
-        self.window = opts.windowsize
-        self.timeout = opts.timeout or server.timeout
-        self.oack = opts.acknowledged
-        # Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
-        self.last = source.size // self.blksize + 1
-
-    def _block(self, n: int) -> bytes:
-        data = self.source.read((n - 1) * self.blksize, self.blksize)
-        return struct.pack("!HH", DATA, n & 0xFFFF) + data
-
-    def _wait_ack(self, low: int, high: int) -> Optional[int]:
-        """The absolute block number acknowledged within [low, high]; None on timeout.
-
-        Block numbers on the wire wrap at 65536; the window tells which turn is meant.
-        Raises _Abort when the client sends an error.
-        """
-        deadline = time.monotonic() + self.timeout  # stray packets do not extend it
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                return None
-            except ConnectionRefusedError:
-                raise _Abort("the client went away") from None
-            if len(data) < 4:
-                continue
-            opcode, number = struct.unpack("!HH", data[:4])
-            if opcode == ERROR:
-                raise _Abort(f"client error {number}: {data[4:-1].decode('ascii', 'replace')}")
-            if opcode != ACK:
-                continue
-            for n in range(low, high + 1):
-                if n & 0xFFFF == number:
-                    return n
-            # an old duplicate: keep waiting
-
-    def run(self) -> Optional[str]:
-        """None when the file went through, else why not."""
-        try:
-            if self.oack:
-                if not self._handshake():
-                    return "no acknowledgement of the options"
-            base = 1  # the first block not yet acknowledged
-            tries = 0
-            send = True
-            resent_for = 0  # the block a duplicate ACK already had resent
-            while base <= self.last:
-                top = min(base + self.window - 1, self.last)
-                if send:
-                    for n in range(base, top + 1):
-                        self.sock.send(self._block(n))
-                acked = self._wait_ack(base - 1, top)
-                if acked is None:
-                    tries += 1
-                    if tries > self.server.retries:
-                        return f"timed out at block {base}"
-                    send = True
-                    continue
-                if acked < base:
-                    # The client lost the window's start and said so: resend once per loss,
-                    # not once per duplicate (the sorcerer's apprentice of RFC 1123).
-                    send = resent_for != base
-                    resent_for = base
-                    continue
-                tries = 0
-                send = True
-                base = acked + 1
-            return None
-        except _Abort as exc:
-            return str(exc)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-
-    def _handshake(self) -> bool:
-        packet = oack_packet(self.oack)
-        for _ in range(self.server.retries + 1):
-            self.sock.send(packet)
-            if self._wait_ack(0, 0) == 0:
-                return True
-        return False
-
-
-class _Abort(Exception):
-    pass
 
 
 # --- a client, for the tests and the benchmark ----------------------------------------------------

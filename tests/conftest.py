@@ -74,8 +74,10 @@ def lab(netns, tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text(f"host:\n  subnet: {LAB_SUBNET}\n")
 
-    def run(*args):
-        return invoke("-f", str(site), "host.network", "--netns", host, "--root", str(root), *args)
+    def run(*args, env=None):
+        return invoke(
+            "-f", str(site), "host.network", "--netns", host, "--root", str(root), *args, env=env
+        )
 
     return {"router": router, "host": host, "root": root, "site": site, "run": run, "netns": netns}
 

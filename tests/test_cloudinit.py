@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from cloudinit import host_keys, meta_data, network_config, password, seed, user_data
+from cloudinit.errors import SeedError
 from cloudinit.yaml_text import dump
 from pipeline import mac
 
@@ -92,6 +93,18 @@ def test_host_keys_are_in_user_data_with_their_fingerprints(keys):
         assert data["ssh_keys"][f"{key.type}_private"].startswith("-----BEGIN OPENSSH PRIVATE KEY")
         assert data["ssh_keys"][f"{key.type}_public"] == key.public
         assert "SHA256:" in key.fingerprint and key.fingerprint.endswith(f"({key.type.upper()})")
+
+
+def test_a_failing_ssh_keygen_is_the_leafs_own_error_with_what_it_said():
+    with pytest.raises(SeedError, match=r"^ssh-keygen exited \d+: .*nonsense"):
+        host_keys._run(["ssh-keygen", "-q", "-t", "nonsense", "-N", "", "-f", "/dev/null/x"])
+
+
+def test_a_missing_openssl_is_the_leafs_own_error_naming_the_package(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SeedError) as err:
+        password.sha512_crypt("x")
+    assert str(err.value) == "openssl is missing (Debian/Ubuntu package openssl)"
 
 
 def test_password_hash_is_sha512_crypt_of_the_password():

@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -131,24 +132,29 @@ def test_dot_read_back_has_the_path_router_uplink_bridge_vif_guest(drawn, tmp_pa
     assert not path_through(edges, "guest:guest-01", "router")  # drawn top-down, in order
 
 
-def test_png_and_idempotence_and_bad_output(drawn, tmp_path):
+def test_a_png_output_is_a_png(drawn, tmp_path):
     png = tmp_path / "lab.png"
     r = drawn(png)
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = drawn(png)
-    assert again.returncode == 0 and "no changes" in again.stdout
 
-    dry = drawn(tmp_path / "dry.svg", "--dry-run")
-    assert dry.returncode == 0 and "would write" in dry.stdout
-    assert not (tmp_path / "dry.svg").exists()
 
-    bad = drawn(tmp_path / "lab.jpg")
-    assert bad.returncode == 2
-    assert "--output = " in bad.stderr and "lab.jpg" in bad.stderr
-    assert not (tmp_path / "lab.jpg").exists()
-    nowhere = drawn(tmp_path / "nowhere" / "lab.svg")
-    assert nowhere.returncode == 2 and "its folder does not exist" in nowhere.stderr
+def test_drawing_an_unchanged_lab_again_changes_nothing(drawn, tmp_path):
+    out = tmp_path / "lab.svg"
+    assert drawn(out).returncode == 0
+    before = out.stat().st_mtime_ns, out.read_bytes()
+    again = drawn(out)
+    assert again.returncode == 0, again.stderr
+    assert f"no changes: {out} already shows this" in again.stdout
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == before
+
+
+def test_dry_run_says_what_it_would_write_and_writes_nothing(drawn, tmp_path):
+    out = tmp_path / "dry.svg"
+    dry = drawn(out, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would write {out}" in dry.stdout
+    assert not out.exists()
 
 
 def test_autostart_link_and_a_guest_not_on_the_bridge(lab, drawn, tmp_path):
@@ -314,11 +320,48 @@ def test_autostart_follows_the_link(tmp_path):
     assert xen_cfg.autostart_names(tmp_path) == ["g", "other"]
 
 
-def test_output_format():
-    assert [diagram.output_format(p) for p in ("a.svg", "b.PNG", "c.dot", "d.jpg", "svg")] == [
-        "svg", "png", "dot", None, None,
-    ]  # fmt: skip
-    assert re.match(r"^digraph lab \{", diagram.to_dot(diagram.Graph((), (), ())))
+@pytest.mark.parametrize(
+    "path, fmt",
+    [("lab.svg", "svg"), ("out/b.PNG", "png"), ("c.Dot", "dot"), ("/tmp/x.y.svg", "svg")],
+)
+def test_the_output_format_comes_from_the_suffix_in_any_case(path, fmt):
+    assert diagram.output_format(path) == fmt
+
+
+@pytest.mark.parametrize("path", ["d.jpg", "svg", "lab.svg.bak", "lab.", "lab.pdf"])
+def test_a_suffix_xenlab_does_not_draw_has_no_format(path):
+    assert diagram.output_format(path) is None
+
+
+def test_dot_output_is_the_dot_text_itself():
+    text = diagram.to_dot(diagram.Graph((), (), ()))
+    assert diagram.render(text, "dot") == text.encode()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_an_empty_graph_is_a_digraph_graphviz_draws(tmp_path):
+    text = diagram.to_dot(diagram.Graph((), (), ()))
+    assert re.match(r"^digraph lab \{", text)
+    svg = tmp_path / "empty.svg"
+    svg.write_bytes(diagram.render(text, "svg"))
+    assert ET.parse(str(svg)).getroot().tag == f"{SVG}svg"
+
+
+@pytest.mark.parametrize("name", ["lab.jpg", "lab", "lab.svg.bak"])
+def test_diagram_task_refuses_a_suffix_it_cannot_draw_naming_output(tmp_path, name):
+    out = tmp_path / name
+    r = invoke("host.diagram", "--output", str(out))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"--output = '{out}': must end in .svg, .png, .dot" in r.stderr
+    assert not out.exists()
+
+
+def test_diagram_task_refuses_an_output_folder_that_does_not_exist(tmp_path):
+    out = tmp_path / "nowhere" / "lab.svg"
+    r = invoke("host.diagram", "--output", str(out))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"--output = '{out}': its folder does not exist" in r.stderr
+    assert not out.parent.exists()
 
 
 def test_a_guest_only_in_etc_xen_is_drawn_from_its_cfg():

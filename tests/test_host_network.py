@@ -121,7 +121,9 @@ def test_dry_run_changes_nothing(lab):
 def test_changed_subnet_moves_the_address(lab):
     host = lab["host"]
     assert lab["run"]().returncode == 0
-    r = lab["run"]("--subnet", "203.0.113.0/29", "--address", "203.0.113.6")
+    # The site's guest moves with its subnet: a guest outside host.subnet is refused by every task.
+    moved = {"INVOKE_GUESTS_GUEST-01_IP": "203.0.113.2"}
+    r = lab["run"]("--subnet", "203.0.113.0/29", "--address", "203.0.113.6", env=moved)
     assert r.returncode == 0, r.stderr
     (br,) = ip_json(host, "-4", "addr", "show", "xenbr0")
     assert [(a["local"], a["prefixlen"]) for a in br["addr_info"]] == [("203.0.113.6", 29)]
@@ -175,7 +177,8 @@ def test_name_taken_by_another_kind_of_link_exits_2(lab):
 
 
 def test_address_already_on_another_link_exits_2(lab):
-    r = lab["run"]("--subnet", "198.51.100.0/30", "--address", "198.51.100.2")
+    moved = {"INVOKE_GUESTS_GUEST-01_IP": "198.51.100.1"}
+    r = lab["run"]("--subnet", "198.51.100.0/30", "--address", "198.51.100.2", env=moved)
     assert r.returncode == 2
     assert "is already on eth0" in r.stderr
     assert sh("ip", "-n", lab["host"], "link", "show", "xenbr0", check=False).returncode != 0

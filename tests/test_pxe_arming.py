@@ -1,13 +1,14 @@
 """pxe/arming.py and the pxe.arm / pxe.disarm / pxe.status tasks, on a state dir in tmp_path."""
 
 import json
+import re
 import stat
 
 import pytest
 
 from pipeline.errors import BadInput
 from pipeline.runner import Runner
-from pxe import arming
+from pxe import arming, dhcp_server
 from tests.conftest import invoke
 
 
@@ -66,25 +67,93 @@ def env(tmp_path):
     return {"INVOKE_PXE_STATE_DIR": str(tmp_path / "state")}
 
 
-def test_tasks(tmp_path):
-    state = tmp_path / "state" / "armed.json"
+MAC = "34:17:eb:f0:dc:e3"
+
+
+def state_file(tmp_path):
+    return tmp_path / "state" / "armed.json"
+
+
+def armed_here(tmp_path, mac=MAC) -> None:
+    """`mac` armed in the state dir the tasks read, the library's way (no task run)."""
+    assert arming.arm(Runner(), tmp_path / "state", mac)
+
+
+def status_rows(stdout: str) -> dict:
+    """pxe.status's table as {mac: [install, armed at, lease]}."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
+        if cells and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", cells[0]):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_arm_task_normalises_the_mac_and_records_it(tmp_path):
     r = invoke("pxe.arm", "--mac", "34-17-EB-F0-DC-E3", env=env(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert "34:17:eb:f0:dc:e3 armed" in r.stdout
-    assert list(json.loads(state.read_text())["armed"]) == ["34:17:eb:f0:dc:e3"]
-    r = invoke("pxe.arm", "--mac", "34:17:eb:f0:dc:e3", env=env(tmp_path))
-    assert r.returncode == 0 and "no changes" in r.stdout
-    r = invoke("pxe.status", env=env(tmp_path))
-    assert r.returncode == 0 and "34:17:eb:f0:dc:e3" in r.stdout and "armed" in r.stdout
-    before = state.read_bytes()
+    assert f"{MAC} armed" in r.stdout
+    assert list(json.loads(state_file(tmp_path).read_text())["armed"]) == [MAC]
+
+
+def test_arming_an_armed_mac_again_changes_nothing(tmp_path):
+    armed_here(tmp_path)
+    before = state_file(tmp_path).read_bytes()
+    r = invoke("pxe.arm", "--mac", MAC, env=env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"{MAC} was already armed: no changes" in r.stdout
+    assert state_file(tmp_path).read_bytes() == before
+
+
+def test_arm_dry_run_says_what_it_would_do_and_writes_nothing(tmp_path):
+    armed_here(tmp_path)
+    before = state_file(tmp_path).read_bytes()
     r = invoke("pxe.arm", "--mac", "52:54:00:00:00:01", "--dry-run", env=env(tmp_path))
-    assert r.returncode == 0 and "would" in r.stdout
-    assert state.read_bytes() == before
-    r = invoke("pxe.disarm", "--mac", "34:17:eb:f0:dc:e3", env=env(tmp_path))
-    assert r.returncode == 0 and "disarmed" in r.stdout
-    assert json.loads(state.read_text())["armed"] == {}
+    assert r.returncode == 0, r.stderr
+    assert "52:54:00:00:00:01 would be armed" in r.stdout
+    assert state_file(tmp_path).read_bytes() == before
+
+
+def test_disarm_task_removes_the_mac(tmp_path):
+    armed_here(tmp_path)
+    r = invoke("pxe.disarm", "--mac", MAC, env=env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"{MAC} disarmed" in r.stdout
+    assert json.loads(state_file(tmp_path).read_text())["armed"] == {}
+
+
+def test_disarming_a_mac_that_is_not_armed_changes_nothing(tmp_path):
+    r = invoke("pxe.disarm", "--mac", MAC, env=env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"{MAC} was not armed: no changes" in r.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_status_lists_an_armed_mac_with_when_it_was_armed(tmp_path):
+    armed_here(tmp_path)
     r = invoke("pxe.status", env=env(tmp_path))
-    assert r.returncode == 0 and "nothing armed" in r.stdout
+    assert r.returncode == 0, r.stderr
+    when = arming.load(tmp_path / "state")[MAC]["armed_at"]
+    assert status_rows(r.stdout) == {MAC: ["armed", when, "-"]}
+
+
+def test_status_shows_the_address_a_host_leased(tmp_path):
+    leases = dhcp_server.Leases(
+        "10.77.0.50", "10.77.0.60", dhcp_server.leases_file(tmp_path / "state"), 3600
+    )
+    assert leases.commit("52:54:00:77:00:10", "10.77.0.51")  # as pxe.serve --mode dhcp does
+    armed_here(tmp_path)
+    r = invoke("pxe.status", env=env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = status_rows(r.stdout)
+    assert rows["52:54:00:77:00:10"] == ["-", "-", "10.77.0.51"]
+    assert rows[MAC][0] == "armed" and rows[MAC][2] == "-"
+
+
+def test_status_with_nothing_armed_and_no_leases_says_so(tmp_path):
+    r = invoke("pxe.status", env=env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"nothing armed, no leases (state in {tmp_path / 'state'})" in r.stdout
 
 
 def test_task_with_root_writes_under_it(tmp_path):

@@ -3,16 +3,19 @@
 Fast: a client namespace on a veth speaks DHCP, TFTP and HTTP to the server as a PXE ROM and
 the installer would (full DHCP and proxy mode), without a VM.
 Slow: the recipe's topology (../shared/recipes/pxe-in-netns.md): a bridge and taps, the
-debian-12 boot tree from `invoke pxe.build`, qemu VMs booting from the network: the armed one
-(full DHCP) through pxelinux over TFTP to the installer fetching its preseed; an unarmed one
-(proxyDHCP beside dnsmasq as the site's DHCP server) over iPXE/HTTP to the local-boot script
-and no preseed.
+debian-12 boot tree from `invoke pxe.build`, qemu VMs booting from the network (full DHCP) to
+the installer fetching its preseed: BIOS (SeaBIOS, iPXE's ROM taken as a plain PXE ROM) through
+lpxelinux.0 with kernel and initrd over HTTP, and through pxelinux.0 all over TFTP with
+pxe.http_boot off; UEFI (OVMF's own PXE client) through shim and GRUB with kernel and initrd
+over HTTP; OVMF's HTTP Boot as far as Debian's GRUB goes; and an unarmed one (proxyDHCP beside
+dnsmasq as the site's DHCP server) over iPXE/HTTP to the local-boot script and no preseed.
 """
 
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,10 +117,14 @@ def inside(ns: str):
 
 
 # --- a PXE client without a VM ------------------------------------------------------------------
-def pxe_packet(mac: str, kind: int, arch: int = 0, pxe: bool = True, **fields) -> dhcp.Packet:
+def pxe_packet(
+    mac: str, kind: int, arch: int = 0, pxe: bool = True, vendor: str = "PXEClient", **fields
+) -> dhcp.Packet:
+    """A PXE ROM's packet; vendor="HTTPClient" makes it UEFI HTTP Boot's (arch 16 for x86-64),
+    as OVMF sends it: "HTTPClient:Arch:00016:UNDI:003001"."""
     options = {dhcp.MESSAGE_TYPE: bytes([kind])}
     if pxe:
-        options[dhcp.VENDOR_CLASS] = f"PXEClient:Arch:{arch:05d}:UNDI:002001".encode()
+        options[dhcp.VENDOR_CLASS] = f"{vendor}:Arch:{arch:05d}:UNDI:003001".encode()
         options[dhcp.CLIENT_ARCH] = dhcp.arch_option(arch)
     return dhcp.Packet(xid=0x5A5A0001, chaddr=dhcp.mac_bytes(mac), options=options, **fields)
 
@@ -188,7 +195,10 @@ def stand_in_tree(tmp_path):
     tree = tmp_path / "tree"
     for rel, size in [
         ("bios/pxelinux.0", 42_430),
+        ("bios/lpxelinux.0", 75_072),
         ("bios/ldlinux.c32", 119_524),
+        ("bootx64.efi", 950_000),
+        ("grubx64.efi", 1_500_000),
         ("installers/debian-12/linux", 3_000_000),
         ("installers/debian-12/initrd.gz", 5_000_001),
     ]:
@@ -218,7 +228,7 @@ def test_full_dhcp_serve_to_a_client_namespace(segment, stand_in_tree, tmp_path)
             sock.sendto(b"\x01\x01\x06garbage", ("255.255.255.255", 67))  # dropped, logged
             offer = exchange(sock, pxe_packet(ARMED, dhcp.DISCOVER))
             assert offer.message_type == dhcp.OFFER and offer.yiaddr == "10.77.0.50"
-            assert offer.file == b"bios/pxelinux.0"
+            assert offer.file == b"bios/lpxelinux.0"
             assert offer.options[dhcp.DNS] == dhcp.ip_option(SERVER)
             request = pxe_packet(ARMED, dhcp.REQUEST)
             request.options[dhcp.REQUESTED_IP] = dhcp.ip_option(offer.yiaddr)
@@ -228,6 +238,14 @@ def test_full_dhcp_serve_to_a_client_namespace(segment, stand_in_tree, tmp_path)
             # the unarmed host, booting as UEFI, gets the next address and the EFI loader
             offer2 = exchange(sock, pxe_packet(UNARMED, dhcp.DISCOVER, arch=7))
             assert offer2.yiaddr == "10.77.0.51" and offer2.file == menus.EFI_LOADER.encode()
+            # UEFI HTTP Boot: shim's URL, vendor class HTTPClient echoed, no PXE options
+            offer3 = exchange(sock, pxe_packet(THIRD, dhcp.DISCOVER, arch=16, vendor="HTTPClient"))
+            assert offer3.yiaddr == "10.77.0.52"
+            assert offer3.file == f"http://{SERVER}:8080/bootx64.efi".encode()
+            assert offer3.options[dhcp.BOOTFILE] == offer3.file
+            assert offer3.options[dhcp.VENDOR_CLASS] == b"HTTPClient"
+            assert dhcp.VENDOR_OPTIONS not in offer3.options
+            assert dhcp.TFTP_SERVER not in offer3.options
         finally:
             sock.close()
         sh("ip", "-n", cl, "addr", "add", "10.77.0.50/24", "dev", "eth0")
@@ -246,6 +264,9 @@ def test_full_dhcp_serve_to_a_client_namespace(segment, stand_in_tree, tmp_path)
             tftp_get(cl, "../state/armed.json")
         assert err.value.code == tftp.ACCESS_VIOLATION
 
+        for loader in ("bootx64.efi", "grubx64.efi"):  # UEFI HTTP Boot: shim fetches GRUB
+            status, data = http_get(cl, f"/{loader}")
+            assert status == 200 and data == (stand_in_tree / loader).read_bytes()
         status, kernel = http_get(cl, "/installers/debian-12/linux", source="10.77.0.50")
         assert status == 200
         assert kernel == (stand_in_tree / "installers/debian-12/linux").read_bytes()
@@ -263,8 +284,8 @@ def test_full_dhcp_serve_to_a_client_namespace(segment, stand_in_tree, tmp_path)
 
     log = server.lines(ARMED)
     for step in [
-        "DHCP offer 10.77.0.50 bios/pxelinux.0",
-        "DHCP ack 10.77.0.50 bios/pxelinux.0",
+        "DHCP offer 10.77.0.50 bios/lpxelinux.0",
+        "DHCP ack 10.77.0.50 bios/lpxelinux.0",
         "TFTP bios/pxelinux.0 (",
         "TFTP bios/pxelinux.cfg/01-52-54-00-77-00-10 (",
         "HTTP installers/debian-12/linux (",
@@ -293,12 +314,19 @@ def test_proxy_mode_answers_pxe_clients_beside_another_dhcp_server(
         try:
             # An operating system's DHCP client is the site server's business: silence.
             assert exchange(sock, pxe_packet(UNARMED, dhcp.DISCOVER, pxe=False)) is None
+            # UEFI HTTP Boot beside the site's server: a proxy offer with shim's URL
+            http_offer = exchange(
+                sock, pxe_packet(UNARMED, dhcp.DISCOVER, arch=16, vendor="HTTPClient")
+            )
+            assert http_offer.yiaddr == "0.0.0.0"
+            assert http_offer.file == f"http://{SERVER}:8080/bootx64.efi".encode()
+            assert http_offer.options[dhcp.VENDOR_CLASS] == b"HTTPClient"
             offer = exchange(sock, pxe_packet(ARMED, dhcp.DISCOVER))
         finally:
             sock.close()
         assert offer.message_type == dhcp.OFFER and offer.yiaddr == "0.0.0.0"
         assert offer.options[dhcp.VENDOR_CLASS] == b"PXEClient"
-        assert offer.file == b"bios/pxelinux.0"
+        assert offer.file == b"bios/lpxelinux.0"
         # The site's server gave it 10.77.0.23; it asks the proxy on 4011 for its boot file.
         sh("ip", "-n", cl, "addr", "add", "10.77.0.23/24", "dev", "eth0")
         with inside(cl):
@@ -311,7 +339,7 @@ def test_proxy_mode_answers_pxe_clients_beside_another_dhcp_server(
             )
         finally:
             pxe_sock.close()
-        assert ack.message_type == dhcp.ACK and ack.file == b"bios/pxelinux.0"
+        assert ack.message_type == dhcp.ACK and ack.file == b"bios/lpxelinux.0"
         # The address learned from that request is the one the preseed goes to.
         status, _ = http_get(cl, f"/preseed/{ARMED}.cfg", source="10.77.0.23")
         assert status == 200
@@ -324,10 +352,12 @@ def test_proxy_mode_answers_pxe_clients_beside_another_dhcp_server(
         assert http_get(cl, f"/preseed/{THIRD}.cfg", source="10.77.0.23")[0] == 403
         assert server.terminate(signal.SIGINT) == 0  # Ctrl-C
     log = "\n".join(server.lines(ARMED))
-    assert "DHCP proxy offer bios/pxelinux.0" in log
-    assert "DHCP proxy ack 10.77.0.23 bios/pxelinux.0" in log
+    assert "DHCP proxy offer bios/lpxelinux.0" in log
+    assert "DHCP proxy ack 10.77.0.23 bios/lpxelinux.0" in log
     assert f"preseed/{ARMED}.cfg sent to 10.77.0.23 (preseed)" in log
-    assert not server.lines(UNARMED)
+    assert server.lines(UNARMED) == [
+        line for line in server.lines(UNARMED) if "DHCP proxy offer http://" in line
+    ]
 
 
 @pytest.mark.parametrize(
@@ -429,66 +459,181 @@ def site_dhcp(site: str, log: Path) -> Iterator[Path]:
         proc.wait(timeout=30)
 
 
-def boot_vm(vms, ns: str, tap: str, mac: str, tmp_path: Path):
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")  # Debian package ovmf
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Power-on to preseed under TCG on two shared cores takes minutes; these leave room for a loaded
+# machine (measured in bench/pxe_boot.py).
+BOOT_TIMEOUT = 1200
+TIMINGS = Path(os.environ.get("XENLAB_PXE_TIMINGS", "/tmp/xenlab-pxe-boot-timings.txt"))
+
+
+def boot_vm(vms, ns: str, tap: str, mac: str, tmp_path: Path, firmware: str = "bios"):
+    """A VM on `tap` booting from the network: "bios" (SeaBIOS and qemu's iPXE ROM), "uefi"
+    (OVMF's own PXE client: no option ROM) or "uefi-http" (OVMF's HTTP Boot: its PXE turned off)."""
     disk = tmp_path / f"{tap}.qcow2"
     sh("qemu-img", "create", "-f", "qcow2", str(disk), "2G")
-    return vms(
-        tmp_path / f"{tap}.console",
-        [
-            "-boot", "n",
-            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
-            "-drive", f"file={disk},if=virtio",
-        ],
-        netns=ns,
-        memory=1536,
-    )  # fmt: skip
+    nic = f"virtio-net-pci,netdev=n0,mac={mac}"
+    args = []
+    if firmware == "bios":
+        args += ["-boot", "n"]
+    else:
+        if not OVMF_CODE.is_file():
+            pytest.skip("OVMF is not installed (Debian package ovmf)")
+        variables = tmp_path / f"{tap}.vars.fd"
+        shutil.copyfile(str(OVMF_VARS), str(variables))
+        args += [
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={variables}",
+        ]  # fmt: skip
+        nic += ",romfile=,bootindex=1"  # OVMF's own network stack, not iPXE's EFI driver
+        if firmware == "uefi-http":
+            for knob in ("IPv4PXESupport", "IPv6PXESupport"):
+                args += ["-fw_cfg", f"name=opt/org.tianocore/{knob},string=n"]
+    args += [
+        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device", nic,
+        "-drive", f"file={disk},if=virtio",
+    ]  # fmt: skip
+    return vms(tmp_path / f"{tap}.console", args, netns=ns, memory=1536)
 
 
-@pytest.mark.slow
-def test_vms_boot_from_pxe_serve(lab, vms, tmp_path):
-    ns, site = lab
+PRESEED_SENT = rf"{ARMED} HTTP preseed/{ARMED}\.cfg sent to 10\.77\.0\.\d+ \(preseed\)"
+
+
+def install_to_preseed(lab, vms, tmp_path, firmware: str, **config: str) -> str:
+    """pxe.build, pxe.arm, pxe.serve (full DHCP) with INVOKE_PXE_* `config`, and the armed VM
+    booted with `firmware` until the installer has fetched its preseed; the MAC's log lines."""
+    ns, _ = lab
     env = site_env(tmp_path)
     built = invoke("pxe.build", "--quiet", env=env)
     assert built.returncode == 0, built.stdout + built.stderr
-    tree = tmp_path / "tree"
-    assert (tree / "bios/pxelinux.0").is_file()
-    assert (tree / "installers/debian-12/initrd.gz").is_file()
     armed = invoke("pxe.arm", "--mac", ARMED, env=env)
     assert armed.returncode == 0, armed.stderr
-
-    # The armed VM, full DHCP: its iPXE ROM treated as plain PXE (pxe.ipxe_http off), so
-    # pxelinux loads the installer over TFTP; the installer then fetches its preseed.
     args = ["--interface", "br-pxe", "--mode", "dhcp", "--range", "10.77.0.50-10.77.0.99"]
-    tftp_env = dict(env, INVOKE_PXE_IPXE_HTTP="0")
-    with serving(ns, args, tftp_env, tmp_path / "serve-dhcp.log") as server:
-        vm = boot_vm(vms, ns, "tap-pxe0", ARMED, tmp_path)
-        server.wait_for(
-            rf"{ARMED} HTTP preseed/{ARMED}\.cfg sent to 10\.77\.0\.\d+ \(preseed\)", 400
-        )
+    serve_env = dict(env, **{f"INVOKE_PXE_{k.upper()}": v for k, v in config.items()})
+    with serving(ns, args, serve_env, tmp_path / "serve.log") as server:
+        started = time.monotonic()
+        vm = boot_vm(vms, ns, "tap-pxe0", ARMED, tmp_path, firmware)
+        try:
+            server.wait_for(PRESEED_SENT, BOOT_TIMEOUT)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nVM console:\n{vm.output()[-3000:]}") from None
+        seconds = time.monotonic() - started
         vm.stop()
         assert server.terminate() == 0
+    with open(TIMINGS, "a") as out:
+        out.write(f"{time.strftime('%H:%M:%S')} {firmware} {config}: preseed {seconds:.0f} s\n")
     log = "\n".join(server.lines(ARMED))
-    for step in [
-        r"DHCP ack 10\.77\.0\.\d+ bios/pxelinux\.0",
+    lease = re.search(r"DHCP ack (10\.77\.0\.\d+)$", log, re.M)  # the installer's own DHCP
+    assert lease, log
+    assert f"preseed/{ARMED}.cfg sent to {lease.group(1)} (preseed)" in log
+    return log
+
+
+def assert_steps(log: str, steps: List[str]) -> None:
+    for step in steps:
+        assert re.search(step, log, re.M), f"{step!r} not in:\n{log}"
+
+
+@pytest.mark.slow
+def test_bios_lpxelinux_loads_the_installer_over_http(lab, vms, tmp_path):
+    """SeaBIOS and qemu's iPXE ROM, told not to take the iPXE script (pxe.ipxe_http off), runs
+    lpxelinux.0 like any PXE ROM would: only it and its modules over TFTP, the rest over HTTP."""
+    log = install_to_preseed(lab, vms, tmp_path, "bios", ipxe_http="0")
+    assert_steps(log, [
+        r"DHCP ack 10\.77\.0\.\d+ bios/lpxelinux\.0$",
+        r"TFTP bios/lpxelinux\.0 \(",
+        r"TFTP bios/ldlinux\.c32 \(",
+        r"TFTP bios/pxelinux\.cfg/01-52-54-00-77-00-10 \(",
+        r"HTTP installers/debian-12/linux \(",
+        r"HTTP installers/debian-12/initrd\.gz \(",
+    ])  # fmt: skip
+    assert "TFTP installers/" not in log
+
+
+@pytest.mark.slow
+def test_bios_all_tftp_with_http_boot_off(lab, vms, tmp_path):
+    """pxe.http_boot false: today's all-TFTP path, pxelinux.0 loading kernel and initrd itself."""
+    log = install_to_preseed(lab, vms, tmp_path, "bios", ipxe_http="0", http_boot="0")
+    assert_steps(log, [
+        r"DHCP ack 10\.77\.0\.\d+ bios/pxelinux\.0$",
         r"TFTP bios/pxelinux\.0 \(",
         r"TFTP bios/ldlinux\.c32 \(",
         r"TFTP bios/pxelinux\.cfg/01-52-54-00-77-00-10 \(",
         r"TFTP installers/debian-12/linux \(",
         r"TFTP installers/debian-12/initrd\.gz \(",
-        r"DHCP ack 10\.77\.0\.\d+$",  # the installer's own DHCP client, no boot file
-    ]:
-        assert re.search(step, log, re.M), f"{step!r} not in:\n{log}"
-    lease = re.search(r"DHCP ack (10\.77\.0\.\d+)$", log, re.M).group(1)
-    assert f"preseed/{ARMED}.cfg sent to {lease} (preseed)" in log
+    ])  # fmt: skip
+    assert "HTTP installers/" not in log
 
-    # The unarmed VM, proxy mode beside the site's DHCP server: the site gives the address,
-    # pxe.serve the iPXE script over HTTP, which boots the local disk; no installer, no preseed.
+
+@pytest.mark.slow
+def test_uefi_shim_and_grub_load_the_installer_over_http(lab, vms, tmp_path):
+    """OVMF's own PXE client: shim and GRUB over TFTP, GRUB's menus, then (http,SERVER:PORT)."""
+    log = install_to_preseed(lab, vms, tmp_path, "uefi")
+    assert_steps(log, [
+        r"DHCP ack 10\.77\.0\.\d+ bootx64\.efi$",
+        r"TFTP /?bootx64\.efi \(",
+        r"TFTP /?grubx64\.efi \(",
+        r"TFTP /?grub/grub\.cfg \(",
+        rf"TFTP /?grub/mac/{ARMED}\.cfg \(",
+        r"HTTP installers/debian-12/linux \(",
+        r"HTTP installers/debian-12/initrd\.gz \(",
+    ])  # fmt: skip
+    assert "TFTP installers/" not in log and "TFTP /installers/" not in log
+
+
+@pytest.mark.slow
+def test_uefi_http_boot_needs_no_tftp(lab, vms, tmp_path):
+    """OVMF's own HTTP Boot (its PXE turned off): vendor class HTTPClient gets shim's URL with
+    HTTPClient echoed, OVMF fetches shim over HTTP and shim fetches GRUB beside it, no TFTP.
+
+    That is as far as Debian 12's signed GRUB network image goes: it takes its network settings
+    only from a PXE boot (the PXE base code's DHCP packets) and knows nothing of an HTTP Boot
+    device path, so it finds no prefix and stops at its prompt without a request. The test holds
+    the firmware side and says where GRUB stopped; PXE-booted UEFI clients get the installer
+    over HTTP through GRUB (test_uefi_shim_and_grub_load_the_installer_over_http)."""
+    ns, _ = lab
+    env = site_env(tmp_path)
+    built = invoke("pxe.build", "--quiet", env=env)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert invoke("pxe.arm", "--mac", ARMED, env=env).returncode == 0
+    args = ["--interface", "br-pxe", "--mode", "dhcp", "--range", "10.77.0.50-10.77.0.99"]
+    with serving(ns, args, env, tmp_path / "serve.log") as server:
+        started = time.monotonic()
+        vm = boot_vm(vms, ns, "tap-pxe0", ARMED, tmp_path, "uefi-http")
+        server.wait_for(rf"{ARMED} HTTP grubx64\.efi \(", BOOT_TIMEOUT)
+        seconds = time.monotonic() - started
+        console = vm.wait_for(r"grub>|GNU GRUB", 300)
+        assert "UEFI HTTPv4" in vm.output()
+        time.sleep(10)  # what GRUB would ask for next, if anything
+        vm.stop()
+        assert server.terminate() == 0
+    with open(TIMINGS, "a") as out:
+        out.write(f"{time.strftime('%H:%M:%S')} uefi-http: GRUB over HTTP {seconds:.0f} s\n")
+    log = "\n".join(server.lines(ARMED))
+    assert_steps(log, [
+        rf"DHCP offer 10\.77\.0\.\d+ http://{SERVER}:8080/bootx64\.efi$",
+        rf"DHCP ack 10\.77\.0\.\d+ http://{SERVER}:8080/bootx64\.efi$",
+        r"HTTP bootx64\.efi \(\d+ bytes\)",
+        r"HTTP grubx64\.efi \(\d+ bytes\)",
+    ])  # fmt: skip
+    assert "TFTP" not in log, log
+    assert console.group(0)
+
+
+@pytest.mark.slow
+def test_unarmed_ipxe_in_proxy_mode_boots_the_local_disk(lab, vms, tmp_path):
+    """Proxy mode beside the site's DHCP server (dnsmasq): the site gives the address, pxe.serve
+    the iPXE script over HTTP, which boots the local disk; no installer, no preseed."""
+    ns, site = lab
+    env = site_env(tmp_path)
+    built = invoke("pxe.build", "--quiet", env=env)
+    assert built.returncode == 0, built.stdout + built.stderr
     with site_dhcp(site, tmp_path / "site-dhcp.log") as site_log, serving(
         ns, ["--interface", "br-pxe"], env, tmp_path / "serve-proxy.log"
     ) as server:
         vm = boot_vm(vms, ns, "tap-pxe1", UNARMED, tmp_path)
-        server.wait_for(rf"{UNARMED} HTTP ipxe/{UNARMED}\.ipxe$", 300)
+        server.wait_for(rf"{UNARMED} HTTP ipxe/{UNARMED}\.ipxe$", 600)
         status, script = http_get(ns, f"/ipxe/{UNARMED}.ipxe")
         assert status == 200 and b"preseed" not in script and b"installers/" not in script
         time.sleep(20)  # time enough to have asked for a kernel or a preseed, if it were going to

@@ -18,7 +18,7 @@ from tests.conftest import invoke
 
 pytestmark = pytest.mark.slow
 
-BIOS = ["pxelinux.0", "ldlinux.c32", "vesamenu.c32", "libcom32.c32", "libutil.c32"]
+BIOS = ["pxelinux.0", "lpxelinux.0", "ldlinux.c32", "vesamenu.c32", "libcom32.c32", "libutil.c32"]
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,25 @@ def test_debian_12_from_the_debian_package(root):
         assert got.read_bytes() == (d_i / name).read_bytes()
     for name in BIOS:
         assert (tree / "bios" / name).is_file() and not (tree / "bios" / name).is_symlink()
-    # pxelinux and its modules from one build: the installer's own
-    assert (tree / "bios/pxelinux.0").read_bytes() == (d_i / "pxelinux.0").read_bytes()
-    assert (tree / "bios/ldlinux.c32").read_bytes() == (
-        d_i / "boot-screens/ldlinux.c32"
-    ).read_bytes()
+    # The installer's tree has no lpxelinux.0 (pxe.http_boot's BIOS loader), so pxelinux,
+    # lpxelinux and the modules all come from the packages, of one syslinux build.
+    assert not list(unpacked.rglob("lpxelinux.0"))
+    pxelinux = next((root / "cache/unpacked").glob("pxelinux_*")) / "usr/lib/PXELINUX"
+    modules = next((root / "cache/unpacked").glob("syslinux-common_*"))
+    for name in ("pxelinux.0", "lpxelinux.0"):
+        assert (tree / "bios" / name).read_bytes() == (pxelinux / name).read_bytes()
+    want = modules / "usr/lib/syslinux/modules/bios/ldlinux.c32"
+    assert (tree / "bios/ldlinux.c32").read_bytes() == want.read_bytes()
     for name in ("bootx64.efi", "grubx64.efi"):  # PE images: shim and the signed GRUB
         assert (tree / name).read_bytes()[:2] == b"MZ"
     assert b"x86_64-efi/grub.cfg" in (tree / "grubx64.efi").read_bytes()
+    # GRUB's http module, which the signed image lacks, from grub-efi-amd64-bin of its build
+    http_mod = tree / "grub/x86_64-efi/http.mod"
+    assert http_mod.read_bytes()[:4] == b"\x7fELF"
+    (bin_deb,) = (root / "cache/debs").glob("grub-efi-amd64-bin_*.deb")
+    (signed_deb,) = (root / "cache/debs").glob("grub-efi-amd64-signed_*.deb")
+    version = bin_deb.name.split("_")[1].replace("%2b", "+")
+    assert version.replace("-", "+") in signed_deb.name.replace("%2b", "+")
     assert "installers/debian-12/linux" in r.stdout
 
 
@@ -114,7 +125,7 @@ def test_installer_from_a_local_folder(root, tmp_path):
         assert (tree / "installers/ubuntu-18.04" / name).read_bytes() == (src / name).read_bytes()
     # the folder has no pxelinux: it comes from the Debian packages, all of one build
     pkg = next((root / "cache/unpacked").glob("syslinux-common_*"))
-    for name in BIOS[1:]:
+    for name in BIOS[2:]:
         want = (pkg / "usr/lib/syslinux/modules/bios" / name).read_bytes()
         assert (tree / "bios" / name).read_bytes() == want
     assert "the package pxelinux" in r.stdout

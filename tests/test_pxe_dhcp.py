@@ -19,8 +19,11 @@ from pxe.dhcp_server import (
     ClientTable,
     DhcpLogic,
     DhcpServer,
+    Lease,
     Leases,
     Network,
+    leases_file,
+    read_leases,
 )
 from tests.conftest import sh
 
@@ -360,6 +363,33 @@ def test_damaged_lease_file_is_survived(tmp_path):
     state.write_text("{not json")
     logic, _ = full_logic(state)
     assert logic.handle(pxe_discover(), SERVER_PORT, ("0.0.0.0", 68)).packet.yiaddr == "10.77.0.50"
+
+
+def test_lease_file_reads_back_what_the_server_committed(tmp_path):
+    state = leases_file(tmp_path)
+    assert state == tmp_path / "leases.json"
+    Leases("10.77.0.50", "10.77.0.60", state, 600, now=lambda: 1000.0).commit(MAC, "10.77.0.52")
+    assert read_leases(state) == {MAC: Lease("10.77.0.52", 1600.0)}
+
+
+@pytest.mark.parametrize("text", ["", "{not json", "[]", '{"leases": []}', '{"leases": 5}'])
+def test_a_missing_or_damaged_lease_file_holds_no_leases(tmp_path, text):
+    state = tmp_path / "leases.json"
+    assert read_leases(state) == {}
+    state.write_text(text)
+    assert read_leases(state) == {}
+
+
+def test_a_damaged_lease_entry_loses_only_itself(tmp_path):
+    state = tmp_path / "leases.json"
+    entries = {
+        "52:54:00:00:00:01": {"ip": "10.77.0.50"},  # no expiry
+        "52:54:00:00:00:02": "10.77.0.51",
+        "52:54:00:00:00:03": {"ip": "10.77.0.52", "expires": "soon"},
+        MAC: {"ip": "10.77.0.53", "expires": 1600},
+    }
+    state.write_text(json.dumps({"leases": entries}))
+    assert read_leases(state) == {MAC: Lease("10.77.0.53", 1600.0)}
 
 
 # --- on the wire: a server in one namespace, a client in another ----------------------------------

@@ -3,6 +3,7 @@
 The GRUB menus are checked by GRUB's own parser (grub-script-check, grub-common).
 """
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -28,12 +29,15 @@ SERVER = menus.ServerInfo(
 )
 
 
+TFTP_ONLY = dataclasses.replace(SERVER, http_boot=False)  # pxe.http_boot: false
+
+
 def armed(mac: str) -> bool:
     return mac == ARMED
 
 
-def render(path: str) -> str:
-    text = menus.render(path, SERVER, armed)
+def render(path: str, server: menus.ServerInfo = SERVER) -> str:
+    text = menus.render(path, server, armed)
     assert text is not None, path
     return text
 
@@ -63,12 +67,27 @@ INSTALL_ARGS = [
 ]
 
 
-def test_pxelinux_armed_installs_by_default():
-    text = render("bios/pxelinux.cfg/01-52-54-00-77-00-10")
+@pytest.mark.parametrize(
+    "server, kernel, initrd",
+    [
+        (
+            SERVER,  # lpxelinux.0 fetches them over HTTP
+            "http://10.77.0.1:8080/installers/debian-12/linux",
+            "http://10.77.0.1:8080/installers/debian-12/initrd.gz",
+        ),
+        (
+            TFTP_ONLY,  # pxelinux.0 over TFTP, from the TFTP root, not bios/
+            "::installers/debian-12/linux",
+            "::installers/debian-12/initrd.gz",
+        ),
+    ],
+)
+def test_pxelinux_armed_installs_by_default(server, kernel, initrd):
+    text = render("bios/pxelinux.cfg/01-52-54-00-77-00-10", server)
     assert re.search(r"^DEFAULT install$", text, re.M)
     assert re.search(r"^UI vesamenu\.c32$", text, re.M)
-    assert "KERNEL ::installers/debian-12/linux" in text  # from the TFTP root, not bios/
-    assert "INITRD ::installers/debian-12/initrd.gz" in text
+    assert re.search(rf"^  KERNEL {re.escape(kernel)}$", text, re.M)
+    assert re.search(rf"^  INITRD {re.escape(initrd)}$", text, re.M)
     append = re.search(r"^\s*APPEND (.*)$", text, re.M).group(1).split()
     assert append == INSTALL_ARGS
     assert "LOCALBOOT 0" in text  # the way out is still offered
@@ -102,13 +121,15 @@ def test_grub_dispatcher_chooses_by_mac_and_falls_back_to_local(tmp_path):
     grub_check(tmp_path, text)
 
 
-def test_grub_armed_installs_over_tftp(tmp_path):
-    text = render(f"grub/mac/{ARMED}.cfg")
+@pytest.mark.parametrize("server, device", [(SERVER, "(http,10.77.0.1:8080)"), (TFTP_ONLY, "")])
+def test_grub_armed_installs_over_http_or_tftp(tmp_path, server, device):
+    text = render(f"grub/mac/{ARMED}.cfg", server)
     assert "set default=install" in text
     linux = re.search(r"^\s*linux (\S+) (.*)$", text, re.M)
-    assert linux.group(1) == "/installers/debian-12/linux"
+    assert linux.group(1) == f"{device}/installers/debian-12/linux"
     assert linux.group(2).split() == INSTALL_ARGS
-    assert re.search(r"^\s*initrd /installers/debian-12/initrd.gz$", text, re.M)
+    initrd = f"{device}/installers/debian-12/initrd.gz"
+    assert re.search(rf"^\s*initrd {re.escape(initrd)}$", text, re.M)
     assert "set xenlab_menu=1" in text
     grub_check(tmp_path, text)
 
@@ -155,13 +176,25 @@ def test_other_paths_are_not_menus(path):
 
 
 def test_loader_follows_the_architecture_and_ipxe():
-    assert menus.loader_for(0, None, ARMED, SERVER) == "bios/pxelinux.0"
+    assert menus.loader_for(0, None, ARMED, SERVER) == "bios/lpxelinux.0"
+    assert menus.loader_for(0, None, ARMED, TFTP_ONLY) == "bios/pxelinux.0"
     for arch in (6, 7, 9):
         assert menus.loader_for(arch, None, ARMED, SERVER) == "bootx64.efi"
     url = menus.loader_for(0, b"iPXE", "52:54:00:77:00:10", SERVER)
     assert url == f"http://10.77.0.1:8080/ipxe/{ARMED}.ipxe"
     # the URL names exactly the path render() answers
     assert menus.render(url.split(":8080/")[1], SERVER, armed).startswith("#!ipxe")
+
+
+@pytest.mark.parametrize("server", [SERVER, TFTP_ONLY])
+def test_uefi_http_boot_gets_shim_as_a_url(server):
+    """Vendor class HTTPClient (UEFI HTTP Boot): shim's URL, whatever pxe.http_boot says (such
+    firmware has no TFTP); shim then fetches grubx64.efi beside it."""
+    for arch in (16, 7):
+        url = menus.loader_for(arch, None, ARMED, server, http_client=True)
+        assert url == "http://10.77.0.1:8080/bootx64.efi"
+    # iPXE's own user class still wins: it runs its script
+    assert menus.loader_for(16, b"iPXE", ARMED, SERVER, http_client=True).endswith(".ipxe")
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,30 @@ def test_unknown_terminfo_is_bad_input():
     assert err.value.problems[0].field == "install.terminfo"
 
 
+def test_callback_url_names_the_server_port_and_mac():
+    assert preseed.callback_for(MAC, "10.77.0.1", 8080) == CALLBACK
+    assert preseed.callback_for(MAC, "pxe-server", 80) == f"http://pxe-server:80/callback/{MAC}"
+
+
+def test_preflight_gives_the_partition_plan_the_preseed_carries():
+    plan = preseed.preflight(lab(disk="/dev/vda"))
+    assert plan.disk == "/dev/vda"
+    assert plan.keep_free == lab().keep_free
+
+
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        (dict(terminfo=["foot"]), "install.terminfo"),
+        (dict(disk_size="20G", root_size="20G"), "install.disk_size"),
+    ],
+)
+def test_preflight_refuses_what_the_preseed_cannot_be_made_from(over, field):
+    with pytest.raises(BadInput) as err:
+        preseed.preflight(lab(**over))
+    assert err.value.problems[0].field == field
+
+
 @pytest.mark.parametrize(
     "mac, callback",
     [("52:54:00:77:00", CALLBACK), (MAC, "http://10.77.0.1/cb'; reboot"), (MAC, "ftp://x/y")],

@@ -1,7 +1,10 @@
-"""pxe/tftp.py over real UDP on loopback: options, windowsize, confinement, bad packets.
+"""pxe/tftp.py over real UDP on loopback: options, windowsize, confinement, bad packets,
+exhaustion (per-client limit, fast give-up of unacknowledged transfers), netascii streamed,
+log lines that a client cannot forge.
 
 Each test starts a TftpServer on 127.0.0.1 (a free port) serving a small tree in tmp_path,
-with a secret file beside the tree that must never come out.
+with a secret file beside the tree that must never come out. Clients that play other machines
+send from other loopback addresses (127.0.0.0/8 is all local).
 """
 
 import os
@@ -9,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -54,9 +58,13 @@ def server(tree):
     assert not thread.is_alive()
 
 
-def fetch(server, name, **options):
+def fetch(server, name, bind="", **options):
     return tftp.download(
-        ("127.0.0.1", server.port), name, {k: str(v) for k, v in options.items()}, timeout=2
+        ("127.0.0.1", server.port),
+        name,
+        {k: str(v) for k, v in options.items()},
+        timeout=2,
+        bind=bind,
     )
 
 
@@ -74,9 +82,9 @@ def wait_logged(server, text: str) -> None:
         time.sleep(0.02)
 
 
-def raw_socket():
+def raw_socket(address: str = "127.0.0.1"):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((address, 0))
     sock.settimeout(3)
     return sock
 
@@ -280,7 +288,10 @@ def test_twenty_clients_at_once(server, tree):
     results = []
 
     def one(i):
-        results.append(fetch(server, "bios/pxelinux.0", blksize=1468, windowsize=1 + i % 8)[0])
+        got = fetch(
+            server, "bios/pxelinux.0", f"127.0.1.{i + 1}", blksize=1468, windowsize=1 + i % 8
+        )
+        results.append(got[0])
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for t in threads:
@@ -314,3 +325,201 @@ def test_negotiate_only_ever_refuses(options):
         assert exc.code == tftp.OPTION_REFUSED
     else:
         assert 8 <= result.blksize <= tftp.MAX_BLKSIZE and 1 <= result.windowsize <= 64
+
+
+# --- exhaustion (issue 14): slots, per-client limit, timeouts -----------------------------------
+def unacknowledged(server, count: int, addresses) -> list:
+    """`count` read requests spread over `addresses`, each from its own port, never acknowledged;
+    the sockets (kept open, so no ICMP tells the server they are gone)."""
+    socks = []
+    for i in range(count):
+        sock = raw_socket(addresses[i % len(addresses)])
+        sock.sendto(rrq("bios/pxelinux.0", blksize=1468), ("127.0.0.1", server.port))
+        socks.append(sock)
+    return socks
+
+
+def answers(socks) -> list:
+    """The opcode of the first packet each socket got back (DATA, OACK or ERROR)."""
+    got = []
+    for sock in socks:
+        got.append(struct.unpack("!H", sock.recv(2000)[:2])[0])
+    return got
+
+
+@pytest.mark.parametrize("spread", [1, 10])
+def test_seventy_unacknowledged_requests_do_not_lock_out_a_client(server, tree, spread):
+    """70 RRQs never acknowledged (from one address, or from ten) used to fill the 64 slots
+    and get every client "server busy" for seconds; now a well-behaved client is served at once."""
+    addresses = [f"127.0.2.{i + 1}" for i in range(spread)]
+    socks = unacknowledged(server, 70, addresses)
+    try:
+        answers(socks)  # every request was looked at before the good client asks
+        assert server.active <= 64
+        started = time.monotonic()
+        data, _ = fetch(server, "bios/pxelinux.0", blksize=1468)
+        assert data == (tree / "bios" / "pxelinux.0").read_bytes()
+        assert time.monotonic() - started < 1.5
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_transfers_per_client_address_are_limited(server):
+    socks = unacknowledged(server, 8, ["127.0.3.1"])
+    try:
+        assert answers(socks) == [tftp.OACK] * 8
+        ninth = raw_socket("127.0.3.1")
+        ninth.sendto(rrq("small.txt"), ("127.0.0.1", server.port))
+        error = ninth.recv(1000)
+        assert struct.unpack("!HH", error[:4]) == (tftp.ERROR, tftp.NOT_DEFINED)
+        assert b"too many transfers" in error
+        wait_logged(server, "8 transfers from this address already")
+        # another machine is not affected
+        assert fetch(server, "small.txt", "127.0.3.2")[0] == b"line one\nline two\r\n"
+        # the eight are given up fast (no first ACK: 0.3 s, two resends), then it may ask again
+        wait_logged(server, "failed: never acknowledged")
+        deadline = time.monotonic() + 5
+        while server.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.active == 0
+        assert fetch(server, "small.txt", "127.0.3.1")[0] == b"line one\nline two\r\n"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_unacknowledged_transfer_is_given_up_fast_a_running_one_keeps_its_timeout(server, tree):
+    # server: timeout 0.3 s, first_retries 2: a request never acknowledged is dropped in ~1 s
+    silent = raw_socket()
+    silent.sendto(rrq("bios/pxelinux.0"), ("127.0.0.1", server.port))
+    started = time.monotonic()
+    silent.recv(1000)
+    wait_logged(server, "failed: never acknowledged")
+    assert time.monotonic() - started < 2.5
+    silent.close()
+    # A client that asked for timeout=2 (RFC 2349) and acknowledged the OACK may pause longer
+    # than the server's own give-up of an unacknowledged transfer, and go on.
+    sock = raw_socket()
+    sock.sendto(rrq("bios/pxelinux.0", blksize=512, timeout=2), ("127.0.0.1", server.port))
+    oack, tid = sock.recvfrom(1000)
+    assert oack[:2] == struct.pack("!H", tftp.OACK)
+    sock.sendto(struct.pack("!HH", tftp.ACK, 0), tid)
+    first = sock.recv(1000)
+    assert first[:4] == struct.pack("!HH", tftp.DATA, 1)
+    time.sleep(1.5)  # under its 2 s: no resend yet, and the transfer is alive
+    sock.settimeout(0.05)
+    with pytest.raises(socket.timeout):
+        sock.recv(1000)
+    sock.settimeout(3)
+    sock.sendto(struct.pack("!HH", tftp.ACK, 1), tid)
+    assert sock.recv(1000)[:4] == struct.pack("!HH", tftp.DATA, 2)
+    # and at its own timeout the server resends
+    assert sock.recv(1000)[:4] == struct.pack("!HH", tftp.DATA, 2)
+    sock.close()
+
+
+# --- netascii while streaming -------------------------------------------------------------------
+def netascii_download(server, name: str, bind: str = "127.0.0.1", blksize: int = 512) -> bytes:
+    sock = raw_socket(bind)
+    options = {"blksize": blksize} if blksize != 512 else {}
+    sock.sendto(rrq(name, "netascii", **options), ("127.0.0.1", server.port))
+    got = []
+    expected = 1
+    try:
+        while True:
+            data, tid = sock.recvfrom(70000)
+            opcode, number = struct.unpack("!HH", data[:4])
+            if opcode == tftp.OACK:
+                sock.sendto(struct.pack("!HH", tftp.ACK, 0), tid)
+                continue
+            assert opcode == tftp.DATA, data
+            if number == expected & 0xFFFF:
+                got.append(data[4:])
+                expected += 1
+            sock.sendto(struct.pack("!HH", tftp.ACK, number), tid)
+            if number == (expected - 1) & 0xFFFF and len(data) - 4 < blksize:
+                return b"".join(got)
+    finally:
+        sock.close()
+
+
+def test_netascii_whole_file_matches_the_conversion(server, tree):
+    payload = (b"a\r\nb\rc\n\n" * 3000) + os.urandom(5000) + b"\r"
+    (tree / "text.cfg").write_bytes(payload)
+    assert netascii_download(server, "text.cfg", blksize=1468) == tftp.to_netascii(payload)
+
+
+def test_netascii_is_converted_while_streaming_not_held_in_memory(server, tree):
+    """Issue 14: 64 netascii requests for a 4 MB file took the server from 55 MB to 624 MB
+    (the file read whole, then converted whole). Now each holds a window of converted blocks."""
+    (tree / "big.txt").write_bytes(b"x" * 60 + b"\n" + os.urandom(4 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        socks = []
+        for i in range(32):
+            sock = raw_socket(f"127.0.4.{i // 8 + 1}")
+            sock.sendto(rrq("big.txt", "netascii", blksize=1468), ("127.0.0.1", server.port))
+            socks.append(sock)
+        for sock in socks:  # every transfer running: the OACK acknowledged, block 1 made
+            oack, tid = sock.recvfrom(1000)
+            assert oack[:2] == struct.pack("!H", tftp.OACK)
+            sock.sendto(struct.pack("!HH", tftp.ACK, 0), tid)
+        for sock in socks:
+            assert sock.recv(2000)[:4] == struct.pack("!HH", tftp.DATA, 1)
+        assert server.active == 32
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        for sock in socks:
+            sock.close()
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes at the peak for 32 transfers of a 4 MB file"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000).map(lambda b: b.replace(b"a", b"\r").replace(b"b", b"\n")),
+       st.integers(min_value=8, max_value=700))  # fmt: skip
+def test_netascii_stream_equals_the_whole_conversion(data, blksize):
+    stream = tftp._Netascii(data, blksize)
+    stream.CHUNK = 37  # conversion chunks that split CR LF pairs too
+    blocks = []
+    n = 1
+    while True:
+        blocks.append(bytes(stream.block(n)))
+        stream.forget(n)  # acknowledged blocks are dropped ...
+        assert len(stream.blocks) <= 1  # ... so only the one in flight is held
+        if stream.last is not None and n >= stream.last:
+            break
+        n += 1
+    assert b"".join(blocks) == tftp.to_netascii(data)
+    assert all(len(b) == blksize for b in blocks[:-1]) and len(blocks[-1]) < blksize
+
+
+# --- log forging (issue 14) ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x\n12:00:00 52:54:00:77:00:10 callback from 10.0.0.9: installed, disarmed",
+        "x\r12:00:00 forged",
+        "bios/\x1b[2Jcleared",
+        "x\\x0a",  # a backslash is escaped too, so an escape cannot be faked either
+    ],
+)
+def test_client_names_are_logged_with_control_characters_escaped(server, name):
+    refused(server, name)
+    wait_logged(server, "refused")
+    line = [line for line in server.log_lines if "refused" in line][-1]
+    assert line.isprintable() and "\n" not in line and "\r" not in line
+    assert "\x1b" not in line
+    assert name not in line
+    if "\n" in name:
+        assert "x\\x0a12:00:00" in line
+
+
+def test_client_error_text_is_escaped_in_the_log(server):
+    sock = raw_socket()
+    sock.sendto(rrq("bios/pxelinux.0"), ("127.0.0.1", server.port))
+    _, tid = sock.recvfrom(1000)
+    sock.sendto(struct.pack("!HH", tftp.ERROR, 0) + b"bye\nforged line\0", tid)
+    wait_logged(server, "client error 0: bye\\x0aforged line")
+    assert tftp.printable("ok name.cfg") == "ok name.cfg"

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from pipeline.lab import report as lab_report
 from pipeline.lab.report import lvm_size
 from pipeline.mac import derive
 from tests.conftest import invoke, ip_json, lab_with_guest, sh
@@ -194,3 +195,24 @@ def test_sizes_read_as_lvm_prints_them():
     assert [lvm_size(n) for n in (0, 4 << 20, 1 << 30, 1020 << 20, 10**12, 100 * (1 << 30) + 1)] == [
         "0", "4.00 MiB", "1.00 GiB", "1020.00 MiB", "<931.32 GiB", "<100.00 GiB",
     ]  # fmt: skip
+
+
+PARTS = [lab_report.Section("Bridges (brctl show)", ["bridge name     bridge id"])]
+
+
+def test_a_markdown_page_links_lab_svg_beside_it_unless_told_otherwise(tmp_path):
+    page = tmp_path / "docs" / "lab.md"
+    assert lab_report.diagram_for(page) == tmp_path / "docs" / "lab.svg"
+    assert lab_report.diagram_for(page, str(tmp_path / "pics" / "net.png")) == (
+        tmp_path / "pics" / "net.png"
+    )
+
+
+@pytest.mark.parametrize(
+    "diagram, link", [("docs/lab.svg", "lab.svg"), ("pics/net.png", "../pics/net.png")]
+)
+def test_the_markdown_page_links_its_diagram_relative_to_itself(tmp_path, diagram, link):
+    text = lab_report.markdown_page(PARTS, tmp_path / "docs" / "lab.md", tmp_path / diagram)
+    assert text == lab_report.to_markdown(PARTS, link)
+    assert f"]({link})\n" in text
+    assert "### Bridges (brctl show)\n\n```text\nbridge name     bridge id\n```\n" in text

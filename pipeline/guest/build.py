@@ -6,35 +6,22 @@ created. The per-guest cost is an image write, not a debootstrap.
 """
 
 import ipaddress
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from cloudinit import host_keys, meta_data, network_config, password, seed, user_data
+from cloudinit.errors import SeedError
 from cloudinit.yaml_text import dump
 from pipeline import mac, xl
 from pipeline.config import ImagesConfig, Site
+from pipeline.errors import Failed
 from pipeline.guest import checks as guest_checks
-from pipeline.guest import volumes, xen_cfg
+from pipeline.guest import profiles, volumes, xen_cfg
 from pipeline.runner import Runner
 
 STATE_DIR = "/var/lib/xenlab/guests"  # per guest: seed.iso, root-password, known_hosts
-
-
-@dataclass(frozen=True)
-class Profile:
-    sshd: user_data.Sshd
-    old_kernel: bool  # before 5.15: no orphan_file/metadata_csum_seed in its ext4
-
-
-PROFILES = {
-    # Ubuntu 18.04: OpenSSH 7.6 with libwrap, no sshd_config.d; kernel 4.15.
-    "ubuntu-18.04": Profile(user_data.Sshd(libwrap=True, dropin=False), old_kernel=True),
-    # Debian 12: OpenSSH 9.2 without tcp-wrappers, with sshd_config.d; kernel 6.1.
-    "debian-12": Profile(user_data.Sshd(libwrap=False, dropin=True), old_kernel=False),
-}
 
 
 @dataclass(frozen=True)
@@ -52,6 +39,25 @@ class Built:
     known_hosts: str
     fingerprints: Tuple[str, ...]
     started: str  # "started", "not started (--no-start)", "no Xen here: not started", ...
+
+    def summary(self) -> List[str]:
+        """What a person needs to reach the guest, one line a fact, as guest.build prints it."""
+        lines = [
+            f"Hostname       :  {self.name}",
+            f"Distribution   :  {self.distribution}",
+            f"MAC Address    :  {self.mac}",
+            f"IP Address(es) :  {self.ip} (gateway {self.gateway})",
+        ]
+        lines += [f"SSH Fingerprint:  {fingerprint}" for fingerprint in self.fingerprints]
+        autostart = f" (autostart: {self.link})" if self.link else ""
+        lines += [
+            f"Known hosts    :  {self.known_hosts}",
+            f"Root Password  :  in {self.password_file} (mode 600)",
+            f"Config         :  {self.cfg}{autostart}",
+            f"Volumes        :  {', '.join(self.volumes)}",
+            f"State          :  {self.started}",
+        ]
+        return lines
 
 
 def build(
@@ -75,7 +81,7 @@ def build(
     guest = guest_checks.check(
         site, name, runner.root, state, facts or guest_checks.host_facts(), force=force
     )
-    profile = PROFILES[guest.profile]
+    profile = profiles.profile_of(guest.profile)
     if not guest.ssh_authorized_keys:
         say(
             f"warning: guests.{name}.ssh_authorized_keys is empty: only the console will let you in"
@@ -118,13 +124,17 @@ def build(
         volumes.make_swap(runner, targets["swap"], ids.get("swap"))
 
         # 4. the NoCloud seed; root's password stays on the host, 0600
-        keys = host_keys.generate(name)
-        secret = password.generate()
+        try:
+            keys = host_keys.generate(name)
+            secret = password.generate()
+            root_password_hash = password.sha512_crypt(secret)
+        except SeedError as exc:
+            raise Failed(str(exc)) from None
         cloud_config = user_data.build(
             hostname=name,
             user=guest.user,
             authorized_keys=guest.ssh_authorized_keys,
-            root_password_hash=password.sha512_crypt(secret),
+            root_password_hash=root_password_hash,
             allow_from=guest.ssh_allow_from,
             sshd=profile.sshd,
             host_keys=keys,
@@ -136,12 +146,11 @@ def build(
             "network-config": dump(network_config.build(guest_mac, address, gateway, dns)),
         }
         files["meta-data"] = dump(meta_data.build(name, *files.values()))
+        runner.write_file(_system(runner, password_file), secret + "\n", 0o600, secret=True)
+        # 0600: the seed holds the guest's private host keys.
+        runner.write_bytes(_system(runner, seed_file), seed.build(files), 0o600, secret=True)
         runner.write_file(
-            str(password_file.relative_to(runner.root)), secret + "\n", 0o600, secret=True
-        )
-        _write_bytes(runner, seed_file, seed.build(files))
-        runner.write_file(
-            str(known_hosts.relative_to(runner.root)),
+            _system(runner, known_hosts),
             "".join(f"{name},{guest.ip} {k.public}\n" for k in keys),
         )
 
@@ -159,7 +168,7 @@ def build(
             mac=guest_mac,
             bridge=bridge,
         )
-        runner.write_file(str(cfg_file.relative_to(runner.root)), xen_cfg.render(cfg))
+        runner.write_file(_system(runner, cfg_file), xen_cfg.render(cfg))
 
         # 6. autostart: xendomains starts what /etc/xen/auto links to
         if guest.autostart:
@@ -200,7 +209,7 @@ def apt_mirrors(profile: str, images: ImagesConfig) -> Tuple[str, Optional[str]]
     """(archive, security archive) the guest's apt uses: the ones its golden image came from."""
     from pipeline.guest import image
 
-    mirrors = image.mirrors_for(image.profile_of(profile), images)
+    mirrors = image.mirrors_for(profiles.profile_of(profile), images)
     # Ubuntu's -security suite lives in the same archive.
     return mirrors.main, mirrors.security or mirrors.main
 
@@ -231,18 +240,9 @@ def _remove_old(runner: Runner, site: Site, name: str, cfg: Path, link: Path, st
         runner.change(f"remove {state}", lambda: shutil.rmtree(str(state)))
 
 
-def _write_bytes(runner: Runner, path: Path, data: bytes) -> None:
-    """A binary file (the seed ISO), 0600: it holds the guest's private host keys."""
-
-    def write() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(str(tmp), str(path))
-
-    runner.change(f"write {path} ({len(data)} bytes, mode 600)", write, path.unlink)
+def _system(runner: Runner, path: Path) -> str:
+    """The system path of `path`, a path under the runner's --root (what its writers take)."""
+    return "/" + str(path.relative_to(runner.root))
 
 
 def _symlink(runner: Runner, link: Path, target: str) -> None:

@@ -6,19 +6,15 @@ vcpus fit the host; the storage has room; the MAC derived from the name collides
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Set
 
 from pipeline import lvm, mac, xl
 from pipeline import subnet as subnet_math
-from pipeline.config import GuestConfig, Site
+from pipeline.config import GuestConfig, Site, check_hostname
 from pipeline.errors import BadInput, Problem
 from pipeline.guest import xen_cfg
-
-# RFC 1123 host name label; also keeps LV names (NAME-disk), paths and xl's name= plain.
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -83,10 +79,10 @@ def check(
     """The guest's config when everything fits; BadInput listing every problem otherwise."""
     prefix = f"guests.{name}"
     problems: List[Problem] = []
-    if not _HOSTNAME.match(name):
-        problems.append(
-            Problem("--name", name, "is not a host name (letters, digits, '-', at most 63)")
-        )
+    try:
+        check_hostname(name)
+    except ValueError as exc:
+        problems.append(Problem("--name", name, str(exc)))
     guest = site.guests.get(name)
     if guest is None:
         problems.append(Problem(prefix, None, "is not in the site config (guests: in invoke.yaml)"))
@@ -127,19 +123,13 @@ def _network(site: Site, name: str, guest: GuestConfig, root: Path) -> List[Prob
     prefix = f"guests.{name}"
     problems = []
     net = site.host.subnet
-    bridge = site.host.bridge_interface.ip
+    # Site has checked the IP against the subnet, the bridge and the other guests of the config.
     if guest.ip is None:
         problems.append(Problem(f"{prefix}.ip", None, f"is required (an address in {net})"))
     else:
-        why = subnet_math.host_address_problem(net, guest.ip)
-        if why is None and guest.ip == bridge:
-            why = "is the bridge's address"
-        if why is None:
-            owner = _ip_owner(site, name, root, guest.ip)
-            if owner:
-                why = f"is {owner}'s already"
-        if why:
-            problems.append(Problem(f"{prefix}.ip", str(guest.ip), why))
+        owner = _cfg_owner(name, root, guest.ip)
+        if owner:
+            problems.append(Problem(f"{prefix}.ip", str(guest.ip), f"is {owner}'s already"))
     if guest.gateway is not None:
         why = subnet_math.host_address_problem(net, guest.gateway)
         if why is None and guest.gateway == guest.ip:
@@ -158,10 +148,8 @@ def _network(site: Site, name: str, guest: GuestConfig, root: Path) -> List[Prob
     return problems
 
 
-def _ip_owner(site: Site, name: str, root: Path, ip: ipaddress.IPv4Address) -> Optional[str]:
-    for other, cfg in site.guests.items():
-        if other != name and cfg.ip == ip:
-            return f"guests.{other}"
+def _cfg_owner(name: str, root: Path, ip: ipaddress.IPv4Address) -> Optional[str]:
+    """The other /etc/xen cfg whose vif line has `ip`, if one has."""
     for other, text in xen_cfg.other_cfgs(root, name).items():
         if str(ip) in xen_cfg.vif_addresses(text)[0]:
             return f"{other}.cfg"

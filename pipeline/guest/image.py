@@ -8,10 +8,10 @@ under a per-profile lock: a failed or interrupted build never leaves a half entr
 older entries of the same profile are removed, so the cache holds one tree per profile.
 """
 
-import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,48 +22,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from pipeline import apt_sources, chroot, ubuntu_keyring
+from pipeline import apt_sources, checksums, chroot, ubuntu_keyring
 from pipeline.config import ImagesConfig
 from pipeline.errors import BadInput, Failed
+from pipeline.guest.profiles import ImageProfile, profile_of
 from pipeline.runner import checked, run_checked
 
 FORMAT = 2  # bump when the build procedure (not its inputs) changes what an entry holds
 ELEMENTS_DIR = Path(__file__).resolve().parents[2] / "images" / "elements"
-
-# What guest.build must give the filesystems and what pygrub boots with; the elements' defaults
-# (images/elements/xenlab-pv-boot/environment.d) are the same and the build passes these.
-ROOT_LABEL = "cloudimg-rootfs"
-SWAP_LABEL = "xenswap"
-ROOT_FSTYPE = "ext4"
-KERNEL_CMDLINE = "root=/dev/xvda2 ro console=hvc0"
+PV_BOOT_ENV = ELEMENTS_DIR / "xenlab-pv-boot" / "environment.d" / "10-xenlab-pv-boot.bash"
 
 
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    distro: str  # "debian" or "ubuntu"
-    base_element: str  # diskimage-builder's element that debootstraps the distro
-    release: str
-    distribution: str  # for people
-    elements: Tuple[str, ...] = ("xenlab-guest",)
-    env: Tuple[Tuple[str, str], ...] = ()  # extra DIB_* settings of the profile
+def element_settings(path: Path = PV_BOOT_ENV) -> Dict[str, str]:
+    """The `export NAME=VALUE` lines of an element's environment.d file, as bash reads them.
+
+    Only literal values: anything bash would expand ($, `) is refused rather than misread.
+    """
+    settings = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if len(words) != 2 or words[0] != "export" or "=" not in words[1]:
+            raise ValueError(f"{path}:{number}: not an `export NAME=VALUE` line: {line}")
+        name, value = words[1].split("=", 1)
+        if "$" in line or "`" in line:
+            raise ValueError(f"{path}:{number}: {name} is not a literal value: {line}")
+        settings[name] = value
+    return settings
 
 
-PROFILES: Dict[str, Profile] = {
-    p.name: p
-    for p in (
-        Profile("debian-12", "debian", "debian-minimal", "bookworm", "Debian 12 (bookworm)"),
-        Profile(
-            "ubuntu-18.04",
-            "ubuntu",
-            "ubuntu-minimal",
-            "bionic",
-            "Ubuntu 18.04 (bionic)",
-            # The kernel for VMs: Xen front-ends and virtio built in, no hardware drivers.
-            env=(("DIB_UBUNTU_KERNEL", "linux-image-virtual"),),
-        ),
-    )
-}
+# The labels of the image's filesystems (its /etc/fstab names them) and the kernel command line
+# its grub.cfg boots with: set by the xenlab-pv-boot element, read from it here.
+_PV_BOOT = element_settings()
+ROOT_LABEL = _PV_BOOT["XENLAB_ROOT_LABEL"]
+SWAP_LABEL = _PV_BOOT["XENLAB_SWAP_LABEL"]
+KERNEL_CMDLINE = _PV_BOOT["XENLAB_KERNEL_CMDLINE"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +81,7 @@ class Mirrors:
 class Plan:
     """Everything that goes into one build, and the key made from it."""
 
-    profile: Profile
+    profile: ImageProfile
     mirrors: Mirrors
     key: str
     inputs: Dict[str, object] = field(compare=False)
@@ -98,14 +92,8 @@ def _silent(_: str) -> None:
 
 
 # --- inputs and the key ---------------------------------------------------------------------------
-def profile_of(name: str) -> Profile:
-    if name not in PROFILES:
-        raise BadInput("--profile", name, f"is not a profile; known: {', '.join(sorted(PROFILES))}")
-    return PROFILES[name]
-
-
 def mirrors_for(
-    profile: Profile, images: ImagesConfig, etc_apt: Path = Path("/etc/apt")
+    profile: ImageProfile, images: ImagesConfig, etc_apt: Path = Path("/etc/apt")
 ) -> Mirrors:
     """The archives `profile` is built from: the config's, else the machine's apt sources."""
     if profile.distro == "ubuntu":
@@ -145,7 +133,7 @@ def elements_digest(elements_dir: Path = ELEMENTS_DIR) -> Dict[str, str]:
             digest[rel] = "link:" + os.readlink(str(path))
         elif path.is_file():
             mark = "x" if os.access(str(path), os.X_OK) else "-"
-            digest[rel] = mark + hashlib.sha256(path.read_bytes()).hexdigest()
+            digest[rel] = mark + checksums.file_digest(path)
     return digest
 
 
@@ -158,14 +146,15 @@ def dib_version() -> str:
         return "unknown"
 
 
-def build_env(profile: Profile, mirrors: Mirrors) -> Dict[str, str]:
-    """The DIB_* settings of a build (but no path: those must not change the key)."""
+def build_env(profile: ImageProfile, mirrors: Mirrors) -> Dict[str, str]:
+    """The DIB_* settings of a build (but no path: those must not change the key).
+
+    The elements' own settings (labels, kernel command line) are in their environment.d files,
+    which are in the key through their digest.
+    """
     env = {
         "DIB_RELEASE": profile.release,
         "DIB_DISTRIBUTION_MIRROR": mirrors.main,
-        "XENLAB_ROOT_LABEL": ROOT_LABEL,
-        "XENLAB_SWAP_LABEL": SWAP_LABEL,
-        "XENLAB_KERNEL_CMDLINE": KERNEL_CMDLINE,
     }
     if mirrors.security:
         env["DIB_DEBIAN_SECURITY_MIRROR"] = mirrors.security
@@ -174,7 +163,7 @@ def build_env(profile: Profile, mirrors: Mirrors) -> Dict[str, str]:
 
 
 def make_plan(
-    profile: Profile,
+    profile: ImageProfile,
     mirrors: Mirrors,
     elements_dir: Path = ELEMENTS_DIR,
     dib: Optional[str] = None,
@@ -192,8 +181,7 @@ def make_plan(
         # Ubuntu is debootstrapped with this keyring, pinned by its .deb's hash.
         "keyring": ubuntu_keyring.DEB_SHA256 if profile.distro == "ubuntu" else None,
     }
-    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
-    return Plan(profile, mirrors, hashlib.sha256(blob).hexdigest()[:16], inputs)
+    return Plan(profile, mirrors, chroot.cache_key(inputs), inputs)
 
 
 # --- the cache -------------------------------------------------------------------------------------
@@ -284,6 +272,33 @@ def _tool(name: str) -> str:
     return found
 
 
+# What a build runs on this machine besides diskimage-builder, and the Debian package with it:
+# diskimage-builder calls sudo even as root, debootstraps, and makes its build filesystem on a
+# loop device (losetup, mkfs.ext4, fstrim) before the tarball.
+BUILD_TOOLS = (
+    ("sudo", "sudo"),
+    ("debootstrap", "debootstrap"),
+    ("losetup", "util-linux"),
+    ("fstrim", "util-linux"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("tar", "tar"),
+)
+
+
+def missing_tools() -> List[str]:
+    """What a build needs of this machine and does not find here, one sentence each."""
+    missing = [
+        f"{tool} is not installed (Debian package {package}; ./setup installs it)"
+        for tool, package in BUILD_TOOLS
+        if shutil.which(tool) is None
+    ]
+    try:
+        _tool("disk-image-create")
+    except Failed as exc:
+        missing.append(str(exc))
+    return missing
+
+
 def _run_streamed(argv: List[str], env: Dict[str, str], say: Callable[[str], None]) -> None:
     """Run `argv` in its own session, its output line by line to `say`.
 
@@ -355,9 +370,9 @@ def _boot_entry(root: Path) -> Tuple[str, str]:
 
 def _build(plan: Plan, tmp: Path, cache_dir: Path, say: Callable[[str], None]) -> None:
     """diskimage-builder into `tmp`, leaving `tmp/root` and `tmp/image.json`."""
-    for tool, package in (("sudo", "sudo"), ("debootstrap", "debootstrap")):
-        if shutil.which(tool) is None:
-            raise Failed(f"{tool} is not installed (Debian package {package}; ./setup installs it)")
+    missing = missing_tools()
+    if missing:
+        raise Failed("; ".join(missing))
     profile = plan.profile
     env = dict(os.environ)
     env.update(build_env(profile, plan.mirrors))

@@ -6,7 +6,6 @@ Internet - upstream router (the default gateway) - uplink NIC - dom0 (routing, f
 lab: every name, address and MAC comes from the state passed in.
 """
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,25 +204,7 @@ def render(dot_text: str, fmt: str) -> bytes:
 
 
 def save(runner: Runner, path: Path, data: bytes) -> bool:
-    """Write `data` to `path` (absolute) through the runner unless it already holds it; True if it
-    changed (or would). A rollback puts back what was there."""
-    old = path.read_bytes() if path.is_file() else None
-    if old == data:
-        return False
-
-    def write(content: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(content)
-        os.chmod(str(tmp), 0o644)
-        os.replace(str(tmp), str(path))
-
-    def undo() -> None:
-        if old is None:
-            path.unlink()
-        else:
-            write(old)
-
-    if not runner.dry_run and not path.parent.is_dir():
-        raise Failed(f"cannot write {path}: {path.parent} is not a directory")
-    runner.change(f"write {path} ({len(data)} bytes)", lambda: write(data), undo)
-    return True
+    """Write `data` to `path` (absolute: where the user asked, whatever --root says) through the
+    runner unless it already holds it; True if it changed (or would). A rollback puts back what
+    was there."""
+    return runner.write_bytes(str(path), data, 0o644, under_root=False)

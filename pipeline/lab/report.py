@@ -3,13 +3,16 @@ vgdisplay, xl list, brctl show, ip addr, the forwarding switch and routes, and w
 at boot. Plain text for the terminal, or a Markdown section with the diagram linked.
 """
 
+import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline import lvm
 from pipeline.lab.read import Lab
 
+DIAGRAM = "lab.svg"  # the drawing a Markdown page links when none is named, beside the page
 _LVM_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
@@ -215,3 +218,13 @@ def to_markdown(parts: Sequence[Section], diagram: Optional[str] = None) -> str:
     for part in parts:
         out += [f"### {part.title}", "", "```text", *part.lines, "```", ""]
     return "\n".join(out)
+
+
+def diagram_for(page: Path, diagram_file: Optional[str] = None) -> Path:
+    """The drawing the Markdown `page` links: `diagram_file`, else lab.svg beside the page."""
+    return Path(diagram_file).resolve() if diagram_file else Path(page).with_name(DIAGRAM)
+
+
+def markdown_page(parts: Sequence[Section], page: Path, diagram: Path) -> str:
+    """The Markdown text for the file `page`, the drawing at `diagram` linked relative to it."""
+    return to_markdown(parts, os.path.relpath(str(diagram), str(Path(page).parent)))
