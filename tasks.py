@@ -1,6 +1,7 @@
 """xenlab's tasks. Thin: parse flags, load and validate the site config, call the library, print.
 
-Config comes from Invoke: invoke.yaml beside this file, `-f site.yaml`, INVOKE_* variables, flags.
+Config comes from Invoke, in its order: invoke.yaml beside this file, INVOKE_* variables,
+`-f site.yaml` (Invoke ranks the runtime file above the environment), then the task's flags.
 """
 
 import functools
@@ -22,20 +23,159 @@ COMMON_HELP = {
 
 
 def exits(fn):
-    """Map the library's failures onto exit codes: 2 for bad input, 1 for anything else."""
+    """Map the library's failures onto exit codes: 2 for bad input, 1 for anything else.
+
+    SIGTERM and SIGHUP are handled as SIGINT: the run rolls back what it did, then exits 1.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from pipeline.runner import Interrupted, interrupts_roll_back
+
         try:
-            return fn(*args, **kwargs)
+            with interrupts_roll_back():
+                return fn(*args, **kwargs)
         except BadInput as exc:
             raise Exit(
                 "bad input:\n  " + "\n  ".join(str(p) for p in exc.problems), code=2
             ) from None
         except (Failed, OSError) as exc:
             raise Exit(f"failed: {exc}", code=1) from None
+        except Interrupted as exc:
+            raise Exit(
+                f"interrupted by {exc}: the changes of a step under way were rolled back"
+                " (the 'rolled back:' lines); run the task again to finish",
+                code=1,
+            ) from None
 
     return wrapper
+
+
+# --- the config files and INVOKE_* variables, checked before Invoke trips over them ----------------
+# Invoke loads the -f file after it imported this file and before any task runs; a missing file it
+# skips without a word, a YAML error, a section that is not a mapping or an INVOKE_* value of the
+# wrong type end in its traceback. So the same load is done here first, at import, with Invoke's
+# own Config; the -f path comes from Invoke's parsed core flags (Program.args, invoke.main.program).
+def _plain(node):
+    return {k: _plain(node[k]) for k in node} if hasattr(node, "keys") else node
+
+
+def _config_problems(runtime_path, environ) -> list:
+    """[(field, value, reason)] for what would stop Invoke loading its config; [] when it loads."""
+    import os
+
+    from invoke import Config
+
+    config = Config(project_location=str(Path(__file__).parent), runtime_path=runtime_path)
+    try:
+        config.load_project()
+    except Exception as exc:  # invoke.yaml itself: the project's own file
+        return [("invoke.yaml", None, f"does not load: {exc}")]
+    project = _plain(config)
+    if runtime_path is not None:
+        where = f"-f {runtime_path}"
+        if not os.path.isfile(runtime_path):
+            why = "is not a file" if os.path.exists(runtime_path) else "does not exist"
+            return [("-f", runtime_path, f"{why}: no site file was read, so nothing is done")]
+        try:
+            config.load_runtime(merge=False)
+        except Exception as exc:  # YAML or JSON syntax, an unknown file type
+            mark = getattr(exc, "problem_mark", None)
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            kind = Path(runtime_path).suffix[1:].upper()
+            return [("-f", runtime_path, f"is not valid {kind}{at}: {reason}")]
+        data = config._runtime  # what Invoke loaded; merged below as Invoke does
+        if data is not None and not isinstance(data, dict):
+            what = type(data).__name__
+            return [("-f", runtime_path, f"holds a {what}, not a mapping of sections (host:...)")]
+        problems = []
+
+        def compare(mine, theirs, path):
+            for key, value in (mine or {}).items():
+                dotted = ".".join(path + [str(key)])
+                if isinstance(theirs.get(key), dict) and not isinstance(value, dict):
+                    problems.append(
+                        (f"{where}: {dotted}", value, "must be a mapping, as in invoke.yaml")
+                    )
+                elif isinstance(value, dict) and isinstance(theirs.get(key), dict):
+                    compare(value, theirs[key], path + [str(key)])
+                elif isinstance(value, dict) and key in theirs and theirs[key] is not None:
+                    problems.append(
+                        (f"{where}: {dotted}", value, "is a mapping; invoke.yaml's is a value")
+                    )
+
+        compare(data, project, [])
+        if problems:
+            return problems
+        config.merge()
+    problems = []
+
+    def walk(node, path):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, path + [key])
+                continue
+            name = "INVOKE_" + "_".join(path + [key]).upper()
+            if name not in environ or isinstance(value, (str, bool)) or value is None:
+                continue
+            raw = environ[name]
+            dotted = ".".join(path + [key])
+            if isinstance(value, (list, tuple)):
+                problems.append((name, raw, f"sets {dotted}, a list: set it in a -f site file"))
+                continue
+            try:
+                type(value)(raw)
+            except (TypeError, ValueError):
+                kind = {int: "a whole number", float: "a number"}.get(
+                    type(value), type(value).__name__
+                )
+                problems.append((name, raw, f"sets {dotted}, which is {kind} (such as {value!r})"))
+
+    merged = _plain(config)
+    walk(merged, [])
+    # Invoke ignores a variable that names no setting it knows (INVOKE_HOST_SUBNTE=...): for
+    # xenlab's sections that is a typo whose value is silently not applied, so it is refused.
+    known = set()
+
+    def names(node, path):
+        for key, value in node.items():
+            known.add("INVOKE_" + "_".join(path + [key]).upper())
+            if isinstance(value, dict):
+                names(value, path + [key])
+
+    names(merged, [])
+    sections = tuple(f"INVOKE_{s.upper()}_" for s in ("host", "install", "pxe", "images", "guests"))
+    for name in sorted(environ):
+        if name.startswith(sections) and name not in known:
+            problems.append(
+                (
+                    name,
+                    environ[name],
+                    "names no setting (a typo? Invoke would ignore it); a"
+                    " setting missing from every config file is set with -f, not the environment",
+                )
+            )
+    return problems
+
+
+def _check_config_first() -> None:
+    import os
+
+    try:
+        from invoke.main import program
+
+        flag = program.args.config.value  # Invoke's parsed -f/--config
+    except Exception:  # imported by something else than Invoke's own program (a test, a tool)
+        return
+    path = flag if flag is not None else os.environ.get("INVOKE_RUNTIME_CONFIG")
+    problems = _config_problems(path, os.environ)
+    if problems:
+        lines = [str(BadInput(*p).problems[0]) for p in problems]
+        raise Exit("bad input:\n  " + "\n  ".join(lines), code=2)
+
+
+_check_config_first()
 
 
 def runner_for(dry_run: bool, root: Optional[str]):
@@ -218,6 +358,11 @@ def xen(c, package=None, dom0_mem=None, root=None, json=False, dry_run=False):
             ["dom0_mem", f"{result.dom0_mem},max:{result.dom0_mem}"],
             ["GRUB default", result.grub_default or "-"],
             ["Xen entries", ", ".join(result.xen_entries) or "-"],
+            [
+                "guests' loader",
+                f"{result.loader} ({'installed' if result.loader_installed else 'not installed'})",
+            ],
+            ["xendomains at shutdown", result.on_shutdown],
         ],
     )
 
@@ -423,13 +568,15 @@ def pxe_preseed(c, mac=None, address=None, root=None):
     site = load_site(c.config)
     mac = _pxe_mac(site, mac)
     address = address or _interface_address(site.pxe.interface) or "pxe-server"
-    text = preseed.render(site.install, mac, preseed.callback_for(mac, address, site.pxe.http_port))
+    # The served preseed's callback carries the arming's token; this print shows where it goes.
+    callback = preseed.callback_for(mac, address, site.pxe.http_port, "ARMING-TOKEN-SERVED-ONLY")
+    text = preseed.render(site.install, mac, callback)
     try:
         from pxe import arming
 
         if mac not in arming.load(runner_for(False, root).path(site.pxe.state_dir)):
             print(f"note: {mac} is not armed: pxe.serve gives it no preseed", file=sys.stderr)
-    except (ImportError, OSError, ValueError):
+    except (ImportError, OSError, ValueError, Failed):
         pass
     sys.stdout.write(text)
 
@@ -508,6 +655,10 @@ def _arming(c, mac, root, dry_run, arm: bool) -> None:
 
     site = load_site(c.config)
     mac = _pxe_mac(site, mac)
+    if arm:  # the whole site, as the host's host.provision will check it, before any server boots
+        from pipeline.host import provision
+
+        provision.check_for_arming(site)
     runner = runner_for(dry_run, root)
     change = arming.arm if arm else arming.disarm
     with runner.transaction():
@@ -553,21 +704,37 @@ def pxe_status(c, root=None):
     """Show the armed MACs and the addresses pxe.serve leased."""
     from pipeline import console
     from pipeline.config import load_site
-    from pxe import arming, dhcp_server
+    from pxe import arming, dhcp_server, progress
 
     site = load_site(c.config)
     state_dir = runner_for(False, root).path(site.pxe.state_dir)
     armed = arming.load(state_dir)
+    hosts = progress.load(state_dir)
     leases = dhcp_server.read_leases(dhcp_server.leases_file(state_dir))
     rows = [
         [mac, "armed" if mac in armed else "-", armed.get(mac, {}).get("armed_at", "-"),
-         leases[mac].ip if mac in leases else "-"]
-        for mac in sorted(set(armed) | set(leases))
+         leases[mac].ip if mac in leases else "-",
+         progress.describe(hosts[mac]) if mac in hosts else "-"]
+        for mac in sorted(set(armed) | set(leases) | set(hosts))
     ]  # fmt: skip
     if not rows:
         console.say(f"nothing armed, no leases (state in {state_dir})")
         return
-    console.table(f"PXE hosts ({state_dir})", ["mac", "install", "armed at", "lease"], rows)
+    console.table(
+        f"PXE hosts ({state_dir})", ["mac", "install", "armed at", "lease", "state"], rows
+    )
+    for mac in sorted(armed):
+        for refused in armed[mac].get("refused", []):
+            console.say(
+                f"WARNING: {mac}: its preseed was served to {armed[mac].get('served_to')} and"
+                f" asked for again from {refused.get('from')} at {refused.get('at')} (refused)"
+            )
+    for mac in sorted(hosts):
+        lines = progress.last_lines(hosts[mac])
+        if lines:
+            console.say(f"{mac} {progress.describe(hosts[mac])}, its last log lines:")
+            for line in lines:
+                console.say(f"  | {line}")
 
 
 # --- image.build, guest.build ---------------------------------------------------------------------
@@ -691,6 +858,294 @@ def guest_build(
         console.say(line)
 
 
+@task(
+    help={
+        "no_reboot": "stop before the reboot into Xen (and say so) instead of rebooting",
+        "report_file": "a file holding the pxe.serve URL to report each step to"
+        " (the install writes /etc/xenlab/report-url)",
+        "root": "install Xen and write every file under this directory (a chroot) instead of /",
+        "netns": COMMON_HELP["netns"],
+        "dry_run": "print the whole plan, step by step, and change nothing",
+    }
+)
+@exits
+def provision(c, no_reboot=False, report_file=None, root=None, netns=None, dry_run=False):
+    """The host's whole part of the lab from the site, in order, continuing where it stopped.
+
+    host.storage, host.xen, a reboot into Xen when Xen is not running yet (--no-reboot stops
+    there), host.network, the golden image of every profile the guests use (images.source: fetched
+    from pxe.serve), guest.build (started) for every guest that does not exist yet, host.check.
+    Each step is idempotent and printed with its outcome and time. xenlab-provision.service runs
+    this at boot on a host pxe.serve installed.
+    """
+    from pipeline import console
+    from pipeline.config import load_site
+    from pipeline.host import provision as host_provision
+
+    site = load_site(c.config)
+    runner = runner_for(dry_run, root)  # checks --root
+    reporter = host_provision.Reporter.from_file(report_file, console.say)
+    result = host_provision.provision(
+        site, dry_run=dry_run, root=runner.root, netns=netns, reboot=not no_reboot,
+        say=console.say, reporter=reporter,
+    )  # fmt: skip
+    if dry_run:
+        console.say("dry run: nothing was changed")
+    elif result.stopped:
+        console.say(f"stopped before the reboot: {result.stopped}")
+    elif result.finished:
+        shown = ", ".join(f"{g['name']} {g['ip'] or '-'}" for g in result.guests)
+        console.say(f"provisioned: every step holds; guests: {shown or 'none'}")
+
+
+# --- guest.list, start, stop, restart, pause, unpause, console, info, check, autostart, remove ---
+GUEST_HELP = {
+    "name": "the guest: guests.NAME in the site config",
+    "root": "read /etc/xen and the guests' state under this directory (as guest.build --root)",
+}
+
+
+def _guest(c, name):
+    """The site, with `name` checked the way guest.build checks it (a config key, no dots)."""
+    from pipeline.config import load_site
+    from pipeline.guest import lifecycle
+
+    if not name or "." in name:
+        raise BadInput("--name", name, "must name a guest under guests: in the site config")
+    site = load_site(c.config)
+    lifecycle.guest_of(site, name)
+    return site
+
+
+def _done(done) -> None:
+    from pipeline import console
+
+    console.say(done.message)
+
+
+@task(name="list", help={"json": "print the rows as JSON", "root": GUEST_HELP["root"]})
+@exits
+def guest_list(c, json=False, root=None):
+    """List every configured guest and every domain: state decoded from xl's flags, memory, vCPUs,
+    CPU time, IP, MAC, autostart; configured guests that do not run show as stopped."""
+    from pipeline import console
+    from pipeline.config import load_site
+    from pipeline.guest import listing
+
+    site = load_site(c.config)
+    found = listing.read(site, runner_for(False, root).root)
+    if json:
+        _print_json(listing.as_json(found))
+        return
+    console.table("guests", listing.COLUMNS, [row.cells() for row in found])
+
+
+@task(name="start", help={**GUEST_HELP, "dry_run": COMMON_HELP["dry_run"]})
+@exits
+def guest_start(c, name=None, root=None, dry_run=False):
+    """Start a built guest (xl create /etc/xen/NAME.cfg); waits for an old domain of that name
+    that is still being torn down."""
+    from pipeline import console
+    from pipeline.guest import lifecycle
+
+    site = _guest(c, name)
+    _done(lifecycle.start(site, name, runner_for(dry_run, root), say=console.say))
+
+
+@task(
+    name="stop",
+    help={
+        **GUEST_HELP,
+        "force": "destroy the domain (xl destroy) instead of a clean shutdown",
+        "timeout": "seconds to wait for the clean shutdown (config guests.NAME.stop_timeout)",
+        "dry_run": COMMON_HELP["dry_run"],
+    },
+)
+@exits
+def guest_stop(c, name=None, force=False, timeout=None, root=None, dry_run=False):
+    """Shut a guest down cleanly (xl shutdown -w) and wait until Xen has removed its domain."""
+    from pipeline import console
+    from pipeline.guest import lifecycle
+
+    site = _guest(c, name)
+    limit = _timeout(timeout)
+    runner = runner_for(dry_run, root)
+    _done(lifecycle.stop(site, name, runner, force=force, timeout=limit, say=console.say))
+
+
+def _timeout(value):
+    if value is None:
+        return None
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if not 1 <= seconds <= 3600:
+        raise BadInput("--timeout", value, "must be 1 to 3600 seconds")
+    return seconds
+
+
+@task(
+    name="restart",
+    help={
+        **GUEST_HELP,
+        "timeout": "seconds to wait for the clean shutdown (config guests.NAME.stop_timeout)",
+        "dry_run": COMMON_HELP["dry_run"],
+    },
+)
+@exits
+def guest_restart(c, name=None, timeout=None, root=None, dry_run=False):
+    """Stop a guest cleanly, then start it again from its cfg."""
+    from pipeline import console
+    from pipeline.guest import lifecycle
+
+    site = _guest(c, name)
+    limit = _timeout(timeout)
+    runner = runner_for(dry_run, root)
+    _done(lifecycle.restart(site, name, runner, timeout=limit, say=console.say))
+
+
+@task(name="pause", help={"name": GUEST_HELP["name"], "dry_run": COMMON_HELP["dry_run"]})
+@exits
+def guest_pause(c, name=None, dry_run=False):
+    """Pause a guest (xl pause): it keeps its memory and gets no CPU time."""
+    from pipeline.guest import lifecycle
+
+    _done(lifecycle.pause(_guest(c, name), name, runner_for(dry_run, None), on=True))
+
+
+@task(name="unpause", help={"name": GUEST_HELP["name"], "dry_run": COMMON_HELP["dry_run"]})
+@exits
+def guest_unpause(c, name=None, dry_run=False):
+    """Unpause a paused guest (xl unpause)."""
+    from pipeline.guest import lifecycle
+
+    _done(lifecycle.pause(_guest(c, name), name, runner_for(dry_run, None), on=False))
+
+
+@task(name="console", help={"name": GUEST_HELP["name"]})
+@exits
+def guest_console(c, name=None):
+    """Attach to a guest's console (xl console); Ctrl-] leaves it."""
+    import os
+    import shutil
+    import sys
+
+    from pipeline.guest import lifecycle
+
+    argv = lifecycle.console(_guest(c, name), name)
+    print(f"{name}'s console (xl console {name}); Ctrl-] leaves it", file=sys.stderr, flush=True)
+    os.execv(shutil.which(argv[0]) or argv[0], argv)
+
+
+@task(name="info", help={**GUEST_HELP, "json": "print the facts as JSON"})
+@exits
+def guest_info(c, name=None, root=None, json=False):
+    """Show a guest's state, memory, vCPUs, disks with their backing LV or file, vif with MAC, IP
+    and bridge, and uptime (xl list -l), or its cfg's facts when it is stopped."""
+    from pipeline import console
+    from pipeline.guest import lifecycle
+
+    found = lifecycle.info(_guest(c, name), name, runner_for(False, root).root)
+    if json:
+        _print_json(found.as_json())
+        return
+    for line in found.lines():
+        console.say(line)
+
+
+@task(
+    name="check",
+    help={
+        **GUEST_HELP,
+        "netns": "ping and ssh from inside this network namespace (the host's side)",
+        "from_guest": "also log in over ssh and ping the guest's gateway and the host's gateway",
+        "identity": "the admin's private key for --from-guest (default: ssh's own)",
+        "json": "print the checks as JSON",
+    },
+)
+@exits
+def guest_check(c, name=None, root=None, netns=None, from_guest=False, identity=None, json=False):
+    """Test a guest's network from the host: its domain runs, its vif is in the bridge, it answers
+    ping, its sshd has the host key guest.build recorded. Exit 0 only when every check holds."""
+    from pipeline import console
+    from pipeline.guest import connectivity
+
+    site = _guest(c, name)
+    if netns is not None:
+        from netlink import namespace
+
+        with namespace.inside(netns):  # a missing namespace is bad input, before any check
+            pass
+    if identity is not None and not Path(identity).is_file():
+        raise BadInput("--identity", identity, "is not a file")
+    lines = connectivity.evaluate(
+        site, name, runner_for(False, root).root, netns, from_guest, identity
+    )
+    if json:
+        _print_json(connectivity.as_json(lines))
+    else:
+        console.table(
+            f"guest check: {name}",
+            ["check", "status", "detail", "fix"],
+            [[line.check, line.status, line.detail, line.fix or ""] for line in lines],
+        )
+    problem = connectivity.summary(lines)
+    if problem:
+        raise Failed(problem)
+
+
+@task(
+    name="autostart",
+    help={
+        "name": GUEST_HELP["name"],
+        "on": "link /etc/xen/auto/NAME.cfg: xendomains starts the guest at boot",
+        "off": "remove that link",
+        "root": COMMON_HELP["root"],
+        "dry_run": COMMON_HELP["dry_run"],
+    },
+)
+@exits
+def guest_autostart(c, name=None, on=False, off=False, root=None, dry_run=False):
+    """Start a guest at boot, or not: the /etc/xen/auto link that xendomains reads."""
+    from pipeline.guest import lifecycle
+
+    if on == off:
+        raise BadInput("--on/--off", None, "give exactly one of --on and --off")
+    _done(lifecycle.autostart(_guest(c, name), name, runner_for(dry_run, root), on))
+
+
+@task(
+    name="remove",
+    help={
+        "name": GUEST_HELP["name"],
+        "yes": "really remove; without it, only say what would be removed",
+        "root": "/etc/xen and the guest's state under this directory (volumes stay real)",
+        "dry_run": COMMON_HELP["dry_run"],
+    },
+)
+@exits
+def guest_remove(c, name=None, yes=False, root=None, dry_run=False):
+    """Remove a guest for good: its domain (destroyed), cfg, autostart link, seed, root password,
+    known_hosts and volumes. Nothing without --yes, which lists what would go."""
+    from pipeline import console
+    from pipeline.guest import lifecycle
+
+    site = _guest(c, name)
+    result = lifecycle.remove(site, name, runner_for(dry_run, root), yes=yes)
+    for note in result.notes:
+        console.say(note)
+    if not result.parts:
+        console.say(f"nothing of {name} is there: no changes")
+        return
+    if result.done:  # the runner has said each removal as it happened
+        console.say(f"{name} removed: " + ", ".join(part.what for part in result.parts))
+        return
+    for part in result.parts:
+        console.say(f"would remove {part.what}")
+    console.say(f"nothing was removed{'' if yes else ': add --yes to remove these'}")
+
+
 host = Collection("host")
 host.add_task(network)
 host.add_task(diagram)
@@ -698,6 +1153,7 @@ host.add_task(report)
 host.add_task(storage)
 host.add_task(xen)
 host.add_task(check)
+host.add_task(provision)
 
 pxe = Collection("pxe")
 pxe.add_task(pxe_build)
@@ -712,6 +1168,17 @@ image.add_task(image_build)
 
 guest = Collection("guest")
 guest.add_task(guest_build)
+guest.add_task(guest_list)
+guest.add_task(guest_start)
+guest.add_task(guest_stop)
+guest.add_task(guest_restart)
+guest.add_task(guest_pause)
+guest.add_task(guest_unpause)
+guest.add_task(guest_console)
+guest.add_task(guest_info)
+guest.add_task(guest_check)
+guest.add_task(guest_autostart)
+guest.add_task(guest_remove)
 
 ns = Collection()
 for collection in (host, pxe, image, guest):

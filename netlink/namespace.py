@@ -18,11 +18,14 @@ def inside(name: Optional[str], field: str = "--netns") -> Iterator[None]:
 
     Netlink sockets and /proc/sys/net files opened inside belong to that namespace.
     """
-    if not name:
+    if name is None:
         yield
         return
+    if not name or not name.strip():
+        # `--netns "$NS"` with NS unset: doing the work here would do it on the real host.
+        raise BadInput(field, name, "is empty; name a network namespace (see `ip netns list`)")
     # pyroute2 would create a missing namespace (O_CREAT); a typo must not do that.
-    if "/" in name or not exists(name):
+    if "/" in name or name in (".", "..") or not exists(name):
         raise BadInput(field, name, "no such network namespace (see `ip netns list`)")
     pr_netns.pushns(name)
     try:

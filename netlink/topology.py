@@ -164,17 +164,21 @@ def _routes(ipr, names) -> List[Route]:
         if msg.get_attr("RTA_TABLE", msg["table"]) != MAIN_TABLE or msg["type"] != 1:
             continue  # only unicast routes of the main table (not local or broadcast ones)
         dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-        gateway = msg.get_attr("RTA_GATEWAY")
         source = msg.get_attr("RTA_PREFSRC")
-        routes.append(
-            Route(
-                dst=ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}"),
-                gateway=ipaddress.IPv4Address(gateway) if gateway else None,
-                dev=names.get(msg.get_attr("RTA_OIF")),
-                source=ipaddress.IPv4Address(source) if source else None,
-                metric=msg.get_attr("RTA_PRIORITY") or 0,
+        # A multipath route (ECMP) has its next hops nested: one Route per next hop.
+        hops = [
+            (hop.get_attr("RTA_GATEWAY"), hop["oif"]) for hop in msg.get_attr("RTA_MULTIPATH") or []
+        ] or [(msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"))]
+        for gateway, oif in hops:
+            routes.append(
+                Route(
+                    dst=ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}"),
+                    gateway=ipaddress.IPv4Address(gateway) if gateway else None,
+                    dev=names.get(oif),
+                    source=ipaddress.IPv4Address(source) if source else None,
+                    metric=msg.get_attr("RTA_PRIORITY") or 0,
+                )
             )
-        )
     return sorted(routes, key=lambda r: (not r.is_default, r.dst, r.metric, r.dev or ""))
 
 

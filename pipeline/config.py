@@ -6,6 +6,8 @@ package name) has one validator below, used by every section with such a field; 
 checks what spans sections: every guest's name and address against the host's subnet.
 """
 
+import base64
+import binascii
 import ipaddress
 import posixpath
 import re
@@ -39,6 +41,11 @@ IFNAMSIZ = 16  # the kernel's limit includes the trailing NUL
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# Names the kernel keeps for itself: /proc/sys/net/ipv4/conf/{all,default} and the bonding
+# driver's /sys/class/net/bonding_masters ('.', '..', '/', ':' and spaces the pattern refuses).
+RESERVED_IFNAMES = frozenset({"all", "default", "bonding_masters"})
+
+
 def check_ifname(value: str) -> str:
     if len(value) > IFNAMSIZ - 1:
         raise ValueError(
@@ -46,6 +53,8 @@ def check_ifname(value: str) -> str:
         )
     if not _IFNAME.fullmatch(value):
         raise ValueError("is not an interface name (letters, digits, '_', '.', '-')")
+    if value in RESERVED_IFNAMES:
+        raise ValueError("is a name the kernel reserves (all, default, bonding_masters)")
     return value
 
 
@@ -101,13 +110,55 @@ _SSH_KEY = re.compile(
 
 
 def check_ssh_key(value: str) -> str:
-    """One OpenSSH public key line: type, base64 blob, an optional comment without quotes."""
+    """One OpenSSH public key line: type, base64 blob, an optional comment without quotes.
+
+    The blob must decode, and start with the length-prefixed key type (RFC 4253 6.6) that
+    matches the line's type, as sshd reads it: a key sshd would skip is refused here.
+    """
     if not _SSH_KEY.fullmatch(value) or set(value) & set("'\"\\`$"):
         raise ValueError(
             "is not one OpenSSH public key on one line (a type such as ssh-ed25519,"
             " ecdsa-sha2-nistp256 or ssh-rsa, the base64 key, an optional comment without quotes)"
         )
+    kind, blob = value.split(" ")[:2]
+    try:
+        data = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("has a key that is not valid base64 (cut short or mistyped?)") from None
+    fields = _ssh_fields(data)
+    if fields is None or fields[0] != kind.encode() or len(fields) != _SSH_FIELDS[kind]:
+        raise ValueError(f"has a key whose data is not one {kind} key (cut short or mistyped?)")
+    if kind.endswith("ed25519") or kind.endswith("ed25519@openssh.com"):
+        if len(fields[1]) != 32:
+            raise ValueError(f"has a key whose data is not one {kind} key (cut short or mistyped?)")
     return value
+
+
+# How many length-prefixed fields each key type's blob holds (RFC 4253 6.6, RFC 5656, PROTOCOL.u2f).
+_SSH_FIELDS = {
+    "ssh-ed25519": 2,
+    "ssh-rsa": 3,
+    "ssh-dss": 5,
+    "ecdsa-sha2-nistp256": 3,
+    "ecdsa-sha2-nistp384": 3,
+    "ecdsa-sha2-nistp521": 3,
+    "sk-ssh-ed25519@openssh.com": 3,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 4,
+}
+
+
+def _ssh_fields(data: bytes) -> Optional[List[bytes]]:
+    """The blob as its length-prefixed fields, or None when they do not add up to it exactly."""
+    fields, at = [], 0
+    while at < len(data):
+        if at + 4 > len(data):
+            return None
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > len(data):
+            return None
+        fields.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return fields or None
 
 
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -242,6 +293,10 @@ class XenConfig(_Strict):
     # None = the hypervisor package of the host's release
     package: Optional[Annotated[str, AfterValidator(check_package)]] = None
     dom0_mem: int = 4096 * units.MiB  # bytes
+    # What xendomains does with running guests when the host shuts down: shutdown (cleanly; the
+    # /etc/xen/auto links start them again at boot) or save (a memory image each in
+    # /var/lib/xen/save, restored at boot).
+    on_shutdown: Literal["shutdown", "save"] = "shutdown"
 
     _dom0_mem = field_validator("dom0_mem", mode="before")(size_field("M"))
 
@@ -407,8 +462,8 @@ class PxeConfig(_Strict):
     def _range(cls, value: Optional[str]) -> Optional[str]:
         if value in (None, ""):
             return None
-        parse_range(value)
-        return value.replace(" ", "")
+        first, last = parse_range(value)
+        return f"{first}-{last}"  # rebuilt from the addresses: nothing else of the input stays
 
     @field_validator("http_port")
     @classmethod
@@ -438,6 +493,9 @@ class ImagesConfig(_Strict):
     # Ubuntu's archive (its -security suite is there too); None = the machine's Ubuntu source
     # for the release if it has one, else Ubuntu's public archive (apt_sources.UBUNTU_ARCHIVE).
     ubuntu_mirror: MirrorUrl = None
+    # Where golden images come from instead of diskimage-builder: pxe.serve's /images/ on the
+    # install machine (each image a tarball with its SHA256); None = build them here.
+    source: MirrorUrl = None
 
 
 class GuestConfig(_Strict):
@@ -455,6 +513,10 @@ class GuestConfig(_Strict):
     ssh_allow_from: List[ipaddress.IPv4Network] = []
     user: UserName = "admin"  # the guest's admin account: the keys above, sudo, no password
     dns: List[ipaddress.IPv4Address] = []  # empty = the host's own (non-loopback) name servers
+    # pvgrub: GRUB's Xen image (grub-xen-host) boots the guest's own grub.cfg inside the guest;
+    # pygrub: dom0 parses the guest's filesystem; pvh: PVH with GRUB's xen_pvh image (Xen >= 4.10).
+    boot: Literal["pvgrub", "pygrub", "pvh"] = "pvgrub"
+    stop_timeout: int = 120  # seconds guest.stop waits for a clean shutdown
 
     _memory = field_validator("memory", mode="before")(size_field("M"))
     _volumes = field_validator("disk", "swap", mode="before")(size_field("G"))
@@ -464,6 +526,13 @@ class GuestConfig(_Strict):
     def _vcpus(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("stop_timeout")
+    @classmethod
+    def _stop_timeout(cls, value: int) -> int:
+        if not 1 <= value <= 3600:
+            raise ValueError("must be 1 to 3600 seconds")
         return value
 
     @field_validator("ssh_allow_from", mode="before")

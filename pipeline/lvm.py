@@ -70,10 +70,16 @@ def lvcreate(runner: Runner, volume_group: str, name: str, size: int) -> str:
     argv = ["lvcreate", "--yes", "--name", name, "--size", f"{size}b", volume_group]
     if not device_mapper():
         argv[1:1] = ["--driverloaded", "n", "--activate", "n", "--zero", "n"]
+
+    def undo() -> None:  # also after an lvcreate that failed or was interrupted half-way
+        if lv(volume_group, name) is not None:
+            runner.run(["lvremove", "--yes", f"{volume_group}/{name}"])
+
     runner.change(
         f"create LV {volume_group}/{name} ({size} bytes)",
         lambda: runner.run(argv),
-        lambda: runner.run(["lvremove", "--yes", f"{volume_group}/{name}"]),
+        undo,
+        partial=True,
     )
     return path
 
@@ -84,19 +90,34 @@ def pvcreate(runner: Runner, device: str) -> None:
     No --yes or --force: pvcreate refuses a device that holds a filesystem or another signature,
     so it never overwrites data (its question gets EOF on stdin, which is a no).
     """
-    runner.change(
-        f"create PV {device}",
-        lambda: _change(["pvcreate", device]),
-        lambda: _change(["pvremove", "--yes", device]),
-    )
+
+    def undo() -> None:  # also after a pvcreate (or a vgcreate on it) cut short half-way
+        if pvs(device):
+            # This run made the PV (host.storage refuses a device that already is one), so
+            # whatever a killed vgcreate left on it is this run's too: -ff removes that as well.
+            _change(["pvremove", "-ff", "--yes", device])
+
+    runner.change(f"create PV {device}", lambda: _change(["pvcreate", device]), undo, partial=True)
 
 
 def vgcreate(runner: Runner, name: str, devices: List[str]) -> None:
     """Make VG `name` on the PVs `devices`; removed again on rollback."""
+
+    def undo() -> None:  # also after a vgcreate that failed or was interrupted half-way
+        # Not `vg(name)` first: metadata a killed vgcreate half-wrote may not report as a VG.
+        env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1")
+        proc = subprocess.run(
+            ["vgremove", "--yes", "--force", name], capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        if proc.returncode != 0 and "not found" not in proc.stderr:
+            checked(proc)  # not found: vgcreate was cut short before it made the VG
+
     runner.change(
         f"create VG {name} on {', '.join(devices)}",
         lambda: _change(["vgcreate", name, *devices]),
-        lambda: _change(["vgremove", "--yes", name]),
+        undo,
+        partial=True,
     )
 
 

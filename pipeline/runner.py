@@ -8,8 +8,10 @@ everything this run created.
 import difflib
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,68 @@ from pipeline.errors import Failed
 
 def _silent(_: str) -> None:
     pass
+
+
+# --- interrupts: SIGTERM and SIGHUP roll back as Ctrl-C does ---------------------------------------
+# What systemd, a CI runner or `kill PID` sends is handled as SIGINT is: an exception in the main
+# thread, so the transaction rolls back what the run did and the children (subprocess.run kills its
+# child when the wait is interrupted) stop with it. During a rollback further signals are noted,
+# not raised: an undo cut short would leave exactly the half-done state the rollback is undoing.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP); what it did is rolled back."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+_deferring = [0]  # > 0 while a rollback runs
+_deferred: List[int] = []
+
+
+def _raise_interrupt(signum: int, _frame) -> None:
+    if _deferring[0]:
+        _deferred.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interrupts_roll_back() -> Iterator[None]:
+    """Inside: SIGINT, SIGTERM and SIGHUP raise Interrupted (a KeyboardInterrupt) in the main
+    thread; the previous handlers come back afterwards. Elsewhere than the main thread: as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in INTERRUPTS}
+    try:
+        yield
+    finally:
+        # A signal that comes while the handlers are put back is not raised here (the work is
+        # over): it is sent again once the previous handlers are back, which then act on it.
+        with _signals_deferred() as arrived:
+            seen = len(arrived)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            late = arrived[seen:]
+        for signum in late[:1]:
+            os.kill(os.getpid(), signum)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[List[int]]:
+    """Signals that arrive inside are collected (and yielded), not raised."""
+    _deferring[0] += 1
+    start = len(_deferred)
+    try:
+        yield _deferred
+    finally:
+        _deferring[0] -= 1
+        if not _deferring[0]:
+            del _deferred[start:]
 
 
 @dataclass
@@ -35,17 +99,32 @@ class Runner:
         return self.root / str(path).lstrip("/")
 
     def change(
-        self, description: str, do: Callable[[], None], undo: Optional[Callable[[], None]] = None
+        self,
+        description: str,
+        do: Callable[[], None],
+        undo: Optional[Callable[[], None]] = None,
+        *,
+        partial: bool = False,
     ) -> None:
-        """One change to the system: described always, done unless dry-run, undone on rollback."""
+        """One change to the system: described always, done unless dry-run, undone on rollback.
+
+        `partial=True` is for a `do` that can half-succeed (a tool that fails or is interrupted
+        after it wrote something: sfdisk, lvcreate, a file): its `undo` is registered before `do`
+        runs, so a rollback also runs it when `do` raised, and it must cope with any state from
+        "nothing done" to "all done".
+        """
         self.changes.append(description)
         if self.dry_run:
             self.say(f"would {description}")
             return
-        do()
-        self.say(description)
-        if undo is not None:
+        if undo is not None and partial:
             self._undo.append((description, undo))
+            do()
+        else:
+            do()
+            if undo is not None:
+                self._undo.append((description, undo))
+        self.say(description)
 
     def write_file(self, path: str, text: str, mode: int = 0o644, secret: bool = False) -> bool:
         """Write `text` to `path` (under --root) if it differs; True when it changed (or would).
@@ -86,21 +165,27 @@ class Runner:
                 self.say(shown or "(mode only)")
             return True
         created = _missing_parents(target)
-        try:
-            _atomic_write(target, data, mode)
-        except OSError as exc:
-            _remove_empty(created)
-            raise Failed(f"cannot write {target}: {exc.strerror or exc}") from None
 
-        def undo() -> None:
-            if old is None:
-                target.unlink()
+        def write() -> None:
+            try:
+                _atomic_write(target, data, mode)
+            except OSError as exc:
                 _remove_empty(created)
-            else:
+                raise Failed(f"cannot write {target}: {exc.strerror or exc}") from None
+
+        def undo() -> None:  # also after a write that never happened or was cut short
+            if old is None:
+                if target.is_file():
+                    target.unlink()
+                _remove_empty(created)
+            elif target.read_bytes() != old or target.stat().st_mode & 0o7777 != old_mode:
                 _atomic_write(target, old, old_mode or 0o644)
 
         self.change(
-            f"wrote {target}" + (f" ({len(data)} bytes)" if not text else ""), lambda: None, undo
+            f"wrote {target}" + (f" ({len(data)} bytes)" if not text else ""),
+            write,
+            undo,
+            partial=True,
         )
         return True
 
@@ -117,15 +202,25 @@ class Runner:
         return proc.stdout
 
     def rollback(self) -> List[str]:
-        """Undo what this run did, newest first; the descriptions of undos that failed."""
+        """Undo what this run did, newest first; the descriptions of undos that failed.
+
+        Not to be interrupted: a signal that arrives meanwhile is said and the rollback goes on.
+        """
         failed = []
-        while self._undo:
-            description, undo = self._undo.pop()
-            try:
-                undo()
-                self.say(f"rolled back: {description}")
-            except Exception as exc:  # keep undoing the rest
-                failed.append(f"{description}: {exc}")
+        with _signals_deferred() as arrived:
+            seen = len(arrived)
+            while self._undo:
+                description, undo = self._undo.pop()
+                try:
+                    undo()
+                    self.say(f"rolled back: {description}")
+                except Exception as exc:  # keep undoing the rest
+                    failed.append(f"{description}: {exc}")
+                for signum in arrived[seen:]:
+                    self.say(
+                        f"{signal.Signals(signum).name} during the rollback: finishing it first"
+                    )
+                seen = len(arrived)
         return failed
 
     @contextmanager

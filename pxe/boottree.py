@@ -5,6 +5,8 @@
     bootx64.efi, grubx64.efi                shim and Debian's signed GRUB network image
     grub/x86_64-efi/http.mod                GRUB's HTTP client (for pxe.http_boot)
     installers/<profile>/linux, initrd.gz   the installer
+    wheelhouse/                             xenlab and its dependencies for the installed host
+                                            (pxe/wheelhouse.py), served over HTTP only
 
 The menus and preseeds are not files: pxe.serve makes them per request (pxe/menus.py). Where
 each piece comes from:
@@ -32,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from pipeline.config import InstallConfig, PxeConfig
 from pipeline.errors import BadInput, Failed
 from pipeline.runner import Runner
-from pxe import menus, profiles
+from pxe import menus, profiles, wheelhouse
 from pxe.download import Cache, fetch_text, parse_sha256sums
 
 SYSLINUX_PACKAGES = ("pxelinux", "syslinux-common")
@@ -295,6 +297,7 @@ def build(
             target = root / rel
             verb = "install or refresh" if target.exists() else "install"
             runner.change(f"{verb} {rel} ({origin(rel)})", lambda: None)
+        wheelhouse.build(runner, root, profile.name, say)
         return tree
     cache = Cache(cache_dir, say=say, progress=progress)
     files = sources(install, installer, cache)
@@ -303,6 +306,9 @@ def build(
             tree.origins[rel] = source.origin
             if _place(runner, root / rel, source, rel):
                 tree.changed.append(rel)
+        # the installed host's xenlab (zero touch): pxe.serve serves it at /wheelhouse/
+        house = wheelhouse.build(runner, root, profile.name, say)
+        tree.changed += [f"{wheelhouse.DIR}/{name}" for name in house]
     if not runner.dry_run:
         for rel in tree.changed:  # the run went through: drop what it replaced
             backup = (root / rel).with_name(f".{(root / rel).name}.xenlab-old")

@@ -36,14 +36,32 @@ class ClientTable:
     to serve a preseed only to its host, TFTP and HTTP to put a MAC on each log line.
     """
 
-    def __init__(self, arp_table: str = "/proc/net/arp"):
+    def __init__(self, arp_table: str = "/proc/net/arp", bound=None):
         self._lock = threading.Lock()
         self._ip_of: Dict[str, str] = {}
         self._arp_table = arp_table
+        # Full DHCP: MACs whose committed lease binds them to its address while `bound(mac)`
+        # holds (pxe.serve: while the MAC is armed); no later packet moves them.
+        self._bound = bound
+        self._binding: Dict[str, str] = {}
+
+    def bind(self, mac: str, ip: str) -> None:
+        """`mac` is at `ip` by a committed lease."""
+        with self._lock:
+            self._binding[mac] = ip
+            self._ip_of[mac] = ip
+
+    def bound_ip(self, mac: str) -> Optional[str]:
+        """The address a committed lease binds `mac` to, while it is bound; else None."""
+        with self._lock:
+            ip = self._binding.get(mac)
+        return ip if ip is not None and self._bound is not None and self._bound(mac) else None
 
     def learn(self, mac: str, ip: Optional[str]) -> None:
         if not ip or ip == "0.0.0.0":
             return
+        if self.bound_ip(mac) not in (None, ip):
+            return  # a packet claiming a bound MAC from elsewhere does not move it
         with self._lock:
             self._ip_of[mac] = ip
 
@@ -329,8 +347,16 @@ class DhcpLogic:
             if server_id is not None and server_id != self.net.server:
                 return None  # it chose another server's offer
             wanted = packet.requested_ip or packet.ciaddr
+            bound = self.clients.bound_ip(mac)
+            if bound is not None and wanted != bound:
+                reply = dhcp.reply_to(packet, dhcp.NAK)
+                reply.options[dhcp.SERVER_ID] = dhcp.ip_option(self.net.server)
+                return Answer(
+                    reply, self._destination(packet, nak=True),
+                    f"DHCP nak {wanted}: bound to {bound} while armed",
+                )  # fmt: skip
             if wanted != "0.0.0.0" and self.leases.commit(mac, wanted):
-                self.clients.learn(mac, wanted)
+                self.clients.bind(mac, wanted)
                 reply = dhcp.reply_to(packet, dhcp.ACK)
                 reply.yiaddr = wanted
                 reply.ciaddr = packet.ciaddr
@@ -346,8 +372,8 @@ class DhcpLogic:
             self._network_options(reply, None)
             name = self._boot_options(packet, reply, proxy=False)
             return Answer(reply, self._destination(packet), _step("ack (inform)", "", name))
-        if kind in (dhcp.RELEASE, dhcp.DECLINE):
-            self.leases.release(mac)
+        if kind in (dhcp.RELEASE, dhcp.DECLINE) and self.clients.bound_ip(mac) is None:
+            self.leases.release(mac)  # a bound (armed) MAC's lease stays until it is disarmed
         return None
 
 

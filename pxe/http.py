@@ -2,7 +2,12 @@
 
 - `/preseed/<mac>.cfg`: only for an armed MAC and only to the address that MAC's lease has (it
   carries the password hash); everyone else gets 403 or 404, and a log line.
-- `/callback/<mac>`: the installer's late_command; disarms the MAC (once).
+- `/preseed/<mac>.cfg` is served once per arming (`claim`): a second fetch gets 410 and a log line.
+- `/callback/<mac>/<token>`: the installer's late_command; disarms the MAC (once), only with the
+  arming's token and from the address the preseed went to (`callback_refused`).
+- `POST /progress/<mac>/<token>`: the installed host's host.provision reports (`progress`).
+- `wheelhouse/...` and `images/...`: files outside the boot tree that `files` maps (the wheels,
+  the image cache's tarballs).
 - any path the menus generate (e.g. `ipxe/<mac>.ipxe`), else files under `installers/` in the
   boot tree, confined to it like TFTP.
 """
@@ -36,6 +41,13 @@ class HttpApp:
     ip_of: Callable[[str], Optional[str]]  # mac -> the address its lease has
     mac_of: Callable[[str], str]  # client ip -> mac (or '?')
     log: Callable[[str, str], None]  # (mac, message)
+    # (mac, client) -> None: serve the preseed; else why not (410: served once already)
+    claim: Optional[Callable[[str, str], Optional[str]]] = None
+    # (mac, token, client) -> why the callback is refused, or None
+    callback_refused: Optional[Callable[[str, str, str], Optional[str]]] = None
+    # (mac, token, client, body) -> (HTTP code, message)
+    progress: Optional[Callable[[str, str, str, bytes], Tuple[int, str]]] = None
+    files: Optional[Callable[[str], Optional[Path]]] = None  # path -> a file outside root
 
 
 def _mac_from(name: str, suffix: str = "") -> Optional[str]:
@@ -68,11 +80,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         # The callback may come as a POST (wget --post-data); only the callback accepts one.
         length = self.headers.get("Content-Length")
+        data = b""
         if length and length.isdigit() and int(length) <= 65536:
-            self.rfile.read(int(length))
+            data = self.rfile.read(int(length))
         path = self._path()
         if path is not None and path.startswith("callback/"):
             self._callback(path, body=True)
+        elif path is not None and path.startswith("progress/") and self.app.progress:
+            self._progress(path, data)
         else:
             self._reply(405, b"method not allowed\n", body=True)
 
@@ -108,10 +123,16 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("callback/"):
             self._callback(path, body)
             return
+        extra = app.files(path) if app.files is not None else None
+        if extra is not None:
+            self._file(path, extra, body)
+            return
         content = app.virtual(path, client)
         if content is not None:
             app.log(app.mac_of(client), f"HTTP {path}")
-            self._reply(200, content, body)
+            # an index page (the wheelhouse's, for pip --find-links) is HTML; the rest plain text
+            page = path.endswith(("/", ".html"))
+            self._reply(200, content, body, "text/html; charset=utf-8" if page else "text/plain")
             return
         if not path.startswith(STATIC_PREFIXES):
             app.log(app.mac_of(client), f"HTTP {path} refused: not served")
@@ -169,15 +190,27 @@ class Handler(BaseHTTPRequestHandler):
             app.log(mac, f"preseed for {client} failed: {exc}")
             self._reply(500, b"cannot make the preseed\n", body)
             return
+        refused = app.claim(mac, client) if app.claim is not None and body else None
+        if refused is not None:
+            app.log(mac, f"WARNING: preseed refused to {client} (410): {refused}")
+            self._reply(410, b"this arming's preseed was served already\n", body)
+            return
         app.log(mac, f"HTTP preseed/{mac}.cfg sent to {client} (preseed)")
         self._reply(200, text, body)
 
     def _callback(self, path: str, body: bool) -> None:
         app = self.app
-        mac = _mac_from(path[len("callback/") :].strip("/"))
+        mac_part, _, token = path[len("callback/") :].strip("/").partition("/")
+        mac = _mac_from(mac_part)
         if mac is None:
-            app.log(app.mac_of(self.client_address[0]), f"HTTP {path} refused: no MAC")
+            app.log(app.mac_of(self.client_address[0]), "HTTP callback refused: no MAC")
             self._reply(404, b"not found\n", body)
+            return
+        refused = app.callback_refused
+        why = refused(mac, token, self.client_address[0]) if refused is not None else None
+        if why is not None:
+            app.log(mac, f"WARNING: callback from {self.client_address[0]} refused: {why}")
+            self._reply(403, b"refused\n", body)
             return
         if app.disarm(mac):
             app.log(mac, f"callback from {self.client_address[0]}: installed, disarmed")
@@ -185,6 +218,18 @@ class Handler(BaseHTTPRequestHandler):
         else:
             app.log(mac, f"callback from {self.client_address[0]}: was not armed")
             self._reply(200, b"not armed\n", body)
+
+    def _progress(self, path: str, data: bytes) -> None:
+        app = self.app
+        client = self.client_address[0]
+        mac_part, _, token = path[len("progress/") :].strip("/").partition("/")
+        mac = _mac_from(mac_part)
+        if mac is None or app.progress is None:
+            app.log(app.mac_of(client), "HTTP progress refused: no MAC")
+            self._reply(404, b"not found\n", body=True)
+            return
+        code, message = app.progress(mac, token, client, data)
+        self._reply(code, (message + "\n").encode(), body=True)
 
 
 class HttpServer(ThreadingHTTPServer):

@@ -3,12 +3,20 @@
 The in-target setup (sshd, keys, shell, sudo, terminfo, the unpartitioned space) is a shell
 script of its own (templates/late_setup.sh.j2) that the preseed carries base64-encoded: a preseed
 value is one line, and base64 needs no quoting inside it.
+
+Zero touch (`Provision`, when pxe.serve has a wheelhouse): the script also installs xenlab from
+pxe.serve's wheelhouse into /opt/xenlab/.venv, writes the site file for the host (host, images
+and guests only: none of the install's own settings or secrets) and the URL its progress reports
+go to (with the arming's token), and enables xenlab-provision.service, which runs
+`invoke host.provision` at boot until it has finished once.
 """
 
 import base64
+import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline import mac as macs
 from pipeline import units
@@ -21,6 +29,15 @@ DATA = Path(__file__).resolve().parent / "data"
 LOCKED = "!"  # user-setup takes "!" as the crypted password: a locked password
 _CALLBACK = re.compile(r"^http://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~:%-]+)+/?$")
 _ANY_MAC = "02:00:00:00:00:00"  # a locally administered MAC: preflight renders for it
+_BASE_URL = re.compile(r"^http://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_REQUIREMENT = re.compile(r"^xenlab==[0-9][0-9A-Za-z.+-]*$")
+_WHEEL = re.compile(r"^pip-[0-9][0-9A-Za-z.+-]*-py3-none-any\.whl$")
+APP_DIR = "/opt/xenlab"  # xenlab on the installed host: tasks.py, images/, .venv
+SITE_FILE = "/etc/xenlab/site.yaml"  # the host's site (0600); /opt/xenlab/invoke.yaml links to it
+REPORT_FILE = "/etc/xenlab/report-url"  # where host.provision reports to, with the token (0600)
+DONE_FILE = "/var/lib/xenlab/provisioned"  # host.provision's mark: finished once
+UNIT = "xenlab-provision.service"
 # shells whose package is always installed
 _BASE_SHELLS = ("sh", "bash", "dash")
 
@@ -49,9 +66,88 @@ def packages(install: InstallConfig) -> List[str]:
     return list(dict.fromkeys(wanted))
 
 
-def setup_script(install: InstallConfig) -> str:
+@dataclass(frozen=True)
+class Provision:
+    """What the late setup needs to make the new host provision itself (zero touch)."""
+
+    base_url: str  # pxe.serve's HTTP, e.g. http://10.77.0.1:8080
+    mac: str
+    token: str  # the arming's token: the callback and the progress reports carry it
+    site_yaml: str  # the host's site file (site_for_host)
+    xenlab: str  # the requirement that installs xenlab, e.g. xenlab==0.1.0
+    pip_wheel: str  # pip's wheel in the wheelhouse, run first (the release's pip is too old)
+    python: str  # the interpreter on the host, e.g. python3.8
+    python_packages: Tuple[str, ...]  # the release's packages that give it
+
+    def check(self) -> None:
+        for field, value, pattern in (
+            ("base_url", self.base_url, _BASE_URL),
+            ("token", self.token, _TOKEN),
+            ("xenlab", self.xenlab, _REQUIREMENT),
+            ("pip_wheel", self.pip_wheel, _WHEEL),
+            ("python", self.python, re.compile(r"^python3(\.[0-9]+)?$")),
+        ):
+            if not pattern.fullmatch(value):
+                raise BadInput(f"provision.{field}", value, "is not what the late setup takes")
+        for package in self.python_packages:
+            if not re.fullmatch(r"^[a-z0-9][a-z0-9+.-]+$", package):
+                raise BadInput("provision.python_packages", package, "is not a package name")
+
+    @property
+    def host(self) -> str:
+        """The server's address (or name) in base_url, without the port."""
+        return self.base_url.split("//", 1)[1].split(":", 1)[0]
+
+    @property
+    def report_url(self) -> str:
+        return f"{self.base_url}/progress/{self.mac}/{self.token}"
+
+
+def _size(value: Optional[int]) -> Optional[str]:
+    """Bytes as the site file writes sizes: the largest unit that holds them exactly."""
+    if value is None:
+        return None
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return f"{-(-value // 1024)}K"
+
+
+def site_for_host(site, images_source: Optional[str]) -> str:
+    """The site file the installed host gets (YAML): its host, images and guests sections, with
+    `images.source` pointing at pxe.serve; nothing of install.* (the password hash) or pxe.*."""
+    from ruamel.yaml import YAML
+
+    data: Dict[str, Any] = {
+        "host": site.host.model_dump(mode="json"),
+        "images": site.images.model_dump(mode="json"),
+        "guests": {name: g.model_dump(mode="json") for name, g in site.guests.items()},
+    }
+    data["host"]["storage"]["size"] = _size(site.host.storage.size)
+    data["host"]["xen"]["dom0_mem"] = _size(site.host.xen.dom0_mem)
+    for name, guest in site.guests.items():
+        for key in ("memory", "disk", "swap"):
+            data["guests"][name][key] = _size(getattr(guest, key))
+    if images_source:
+        data["images"]["source"] = images_source
+    out = io.StringIO()
+    out.write(
+        "# xenlab: this host's site, written by its install (pxe.serve); host.provision reads it\n"
+    )
+    YAML().dump(data, out)
+    return out.getvalue()
+
+
+def unit_file() -> str:
+    return render_template("xenlab-provision.service.j2", app=APP_DIR, done=DONE_FILE,
+                           report=REPORT_FILE, unit=UNIT)  # fmt: skip
+
+
+def setup_script(install: InstallConfig, provision: Optional[Provision] = None) -> str:
     """The shell script the late_command runs inside the installed host."""
     plan = partition_plan.plan(install)
+    if provision is not None:
+        provision.check()
     return render_template(
         "late_setup.sh.j2",
         user=install.user,
@@ -61,13 +157,22 @@ def setup_script(install: InstallConfig) -> str:
         terminfo=terminfo_sources(install),
         disk=plan.disk,
         keep_free=plan.keep_free,
+        provision=provision,
+        app=APP_DIR,
+        site_file=SITE_FILE,
+        report_file=REPORT_FILE,
+        unit=UNIT,
+        site_b64=base64.b64encode(provision.site_yaml.encode()).decode() if provision else "",
+        unit_b64=base64.b64encode(unit_file().encode()).decode() if provision else "",
     )
 
 
-def callback_for(mac: str, address: str, port: int) -> str:
+def callback_for(mac: str, address: str, port: int, token: Optional[str] = None) -> str:
     """The URL the installer of `mac` fetches when it is done: pxe.serve's HTTP at `address` (an
-    IP, or a name the host resolves) and `port`, which disarms the MAC."""
-    return f"http://{address}:{port}/callback/{mac}"
+    IP, or a name the host resolves) and `port`, which disarms the MAC; with the arming's
+    `token`, without which pxe.serve refuses it."""
+    url = f"http://{address}:{port}/callback/{mac}"
+    return f"{url}/{token}" if token else url
 
 
 def preflight(install: InstallConfig) -> partition_plan.Plan:
@@ -78,8 +183,11 @@ def preflight(install: InstallConfig) -> partition_plan.Plan:
     return plan
 
 
-def render(install: InstallConfig, mac: str, callback_url: str) -> str:
-    """The preseed for `mac`; its late_command ends by fetching `callback_url`."""
+def render(
+    install: InstallConfig, mac: str, callback_url: str, provision: Optional[Provision] = None
+) -> str:
+    """The preseed for `mac`; its late_command ends by fetching `callback_url`. With `provision`,
+    the late setup also makes the host provision itself (zero touch)."""
     try:
         mac = macs.normalise(mac)
     except ValueError as exc:
@@ -93,7 +201,7 @@ def render(install: InstallConfig, mac: str, callback_url: str) -> str:
     if security:
         _, security_host, security_path = profiles.host_and_path(security)
     plan = partition_plan.plan(install)
-    setup = base64.b64encode(setup_script(install).encode()).decode()
+    setup = base64.b64encode(setup_script(install, provision).encode()).decode()
     return render_template(
         "preseed.cfg.j2",
         mac=mac,

@@ -4,7 +4,15 @@ Each server runs in its own thread; every socket is bound to the interface (SO_B
 and, where it can be, to the interface's address, so nothing answers on other segments. Every
 client step is one log line with the client's MAC: "aa:bb:cc:dd:ee:ff DHCP offer ...",
 "... TFTP bios/pxelinux.0 ...", "... HTTP installers/debian-12/linux ...", "... preseed ...",
-"... callback ...".
+"... callback ...". Everything a client sent is logged with its control characters escaped, so
+no request can write a line of its own.
+
+The install's trust chain (pxe/arming.py, pxe/progress.py): an armed MAC's preseed is served once
+per arming, to the address the MAC's lease (or proxy-mode sighting) has; in full-DHCP mode a
+committed lease binds the MAC to its address while it is armed. The preseed carries the arming's
+random token: the callback (which disarms) and the host's progress reports must bring it, from the
+host's address. With a wheelhouse in the boot tree (pxe.build makes it) the preseed also makes the
+host provision itself (zero touch), and /wheelhouse/ and /images/ serve what that needs.
 """
 
 import dataclasses
@@ -18,7 +26,7 @@ from typing import Callable, List, Optional, Tuple
 
 from pipeline.errors import BadInput, Failed
 from pipeline.runner import Runner
-from pxe import arming, preseed
+from pxe import arming, images, preseed, progress, wheelhouse
 from pxe.dhcp import Packet
 from pxe.dhcp_server import ClientTable, DhcpLogic, DhcpServer, Leases, Network, leases_file
 from pxe.http import HttpApp, HttpServer
@@ -46,6 +54,7 @@ class Plan:
     dns: Optional[str]
     lease_time: int
     mtu: int = 1500
+    images_dir: Optional[Path] = None  # the install machine's image cache, served at /images/
 
 
 def check(site) -> None:
@@ -102,6 +111,7 @@ def plan(site, root: Path, address: ipaddress.IPv4Interface, mtu: int = 1500) ->
         dns=str(pxe.dns) if pxe.dns else None,
         lease_time=pxe.lease_time,
         mtu=mtu,
+        images_dir=Path(site.images.cache_dir),
     )
 
 
@@ -136,8 +146,9 @@ class Service:
         ip = str(plan.address.ip)
         self.ip = ip
         self.server = server_info(menus.ServerInfo, ip, plan.http_port, site)
-        self.clients = ClientTable()
-        self.runner = Runner()  # the server's own writes (disarm): atomic, no --root (resolved)
+        # Full DHCP: a committed lease binds an armed MAC to its address (later packets cannot
+        # move it); proxy mode has no lease to bind.
+        self.clients = ClientTable(bound=self.armed if plan.mode == "dhcp" else None)
         self.leases: Optional[Leases] = None
         if plan.mode == "dhcp":
             assert plan.dhcp_range is not None
@@ -148,23 +159,121 @@ class Service:
                 plan.lease_time,
             )
             for mac, lease in self.leases.committed.items():
-                self.clients.learn(mac, lease.ip)
+                self.clients.bind(mac, lease.ip)
         self.threads: List[threading.Thread] = []
         self.dhcp: Optional[DhcpServer] = None
         self.tftp: Optional[TftpServer] = None
         self.http: Optional[HttpServer] = None
 
+    @property
+    def runner(self) -> Runner:
+        """A runner for one of the server's own writes (state files): atomic, no --root (the plan
+        resolved it); a fresh one each time, so a long-running server keeps no undo history."""
+        return Runner()
+
     # --- what the servers ask ------------------------------------------------------------------
     def log(self, mac: str, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        line = progress.printable(f"{mac} {message}", limit=2000)
         with self._log_lock:
-            self._say(f"{stamp} {mac} {message}")
+            self._say(f"{stamp} {line}")
 
     def armed(self, mac: str) -> bool:
-        return arming.is_armed(self.plan.state_dir, mac)
+        try:
+            return arming.is_armed(self.plan.state_dir, mac)
+        except Failed as exc:  # a damaged armed.json: nobody is armed until it is repaired
+            self.log(mac, f"ERROR: {exc}")
+            return False
 
     def disarm(self, mac: str) -> bool:
-        return arming.disarm(self.runner, self.plan.state_dir, mac)
+        done = arming.disarm(self.runner, self.plan.state_dir, mac)
+        if done:
+            progress.record(self.runner, self.plan.state_dir, mac, state="installed")
+        return done
+
+    def claim(self, mac: str, client: str) -> Optional[str]:
+        """The preseed of `mac` may go to `client` (None) once per arming; else why not."""
+        token = arming.token_of(self.plan.state_dir, mac)
+        entry = arming.claim_preseed(self.runner, self.plan.state_dir, mac, client)
+        if entry is None:
+            progress.record(
+                self.runner, self.plan.state_dir, mac, state="installing", address=client,
+                token=token,
+            )  # fmt: skip
+            return None
+        return (
+            f"this arming's preseed was served to {entry.get('served_to')} at"
+            f" {entry.get('served_at')}; `invoke pxe.arm --mac {mac}` arms it again"
+        )
+
+    def callback_refused(self, mac: str, token: str, client: str) -> Optional[str]:
+        return arming.check_callback(self.plan.state_dir, mac, token, client)
+
+    def report(self, mac: str, token: str, client: str, body: bytes) -> Tuple[int, str]:
+        """POST /progress/<mac>/<token>: a step of the host's host.provision."""
+        why = progress.check_report(
+            self.plan.state_dir, mac, token, client, self.clients.ip_of(mac)
+        )
+        if why is not None:
+            self.log(mac, f"WARNING: progress report from {client} refused: {why}")
+            return 403, "refused"
+        try:
+            fields = progress.parse_report(body)
+        except ValueError as exc:
+            self.log(mac, f"progress report from {client} refused: {exc}")
+            return 400, str(exc)
+        entry = progress.record(self.runner, self.plan.state_dir, mac, **fields)
+        self.log(mac, f"progress: {progress.describe(entry)}")
+        for line in progress.last_lines(entry)[-5:]:
+            self.log(mac, f"  | {line}")
+        return 200, "ok"
+
+    def files(self, path: str) -> Optional[Path]:
+        """The wheelhouse (in the boot tree) and the image cache's tarballs, by URL path."""
+        head, _, name = path.partition("/")
+        if head == wheelhouse.DIR:
+            folder = self.plan.tftp_root / wheelhouse.DIR
+            if name in ("", "index.html") or "/" in name or name.startswith("."):
+                return None  # the index page is HTML, made by `virtual`
+            return folder / name if (folder / name).is_file() else None
+        if head == "images" and self.plan.images_dir is not None:
+            if name == images.INDEX:
+                data = images.index(self.plan.images_dir, lambda line: self.log("-", line))
+                out = self.plan.images_dir / images.EXPORT / images.INDEX
+                self.runner.write_bytes(str(out), data, under_root=False)
+                return out
+            return images.file_for(self.plan.images_dir, name)
+        return None
+
+    def virtual(self, path: str, client: str) -> Optional[bytes]:
+        """Generated content: the menus, and the wheelhouse's index page (for pip --find-links)."""
+        path = path.lstrip("/")
+        if path in (f"{wheelhouse.DIR}/", f"{wheelhouse.DIR}/index.html"):
+            index = self.plan.tftp_root / wheelhouse.DIR / "index.html"
+            return index.read_bytes() if index.is_file() else None
+        return self.render_menu(path)
+
+    def provision(self, mac: str) -> Optional[preseed.Provision]:
+        """What the preseed needs to make `mac`'s host provision itself; None without a
+        wheelhouse in the boot tree (the install then ends at the installed OS)."""
+        folder = self.plan.tftp_root / wheelhouse.DIR
+        xenlab = wheelhouse.xenlab_requirement(self.plan.tftp_root)
+        pips = sorted(folder.glob("pip-*-py3-none-any.whl")) if folder.is_dir() else []
+        token = arming.token_of(self.plan.state_dir, mac)
+        if xenlab is None or not pips or not token:
+            return None
+        base = f"http://{self.ip}:{self.plan.http_port}"
+        target = wheelhouse.target_for(self.site.install.profile)
+        return preseed.Provision(
+            base_url=base,
+            mac=mac,
+            token=token,
+            site_yaml=preseed.site_for_host(self.site, f"{base}/images"),
+            xenlab=xenlab,
+            pip_wheel=pips[-1].name,
+            python=target.python,
+            python_packages=target.apt_packages,
+        )
 
     def boot_file(self, packet: Packet) -> Optional[str]:
         user_class = packet.user_class if self.plan.ipxe_http else None
@@ -189,8 +298,9 @@ class Service:
         return content
 
     def preseed(self, mac: str) -> str:
-        callback = preseed.callback_for(mac, self.ip, self.plan.http_port)
-        return preseed.render(self.site.install, mac, callback)
+        token = arming.token_of(self.plan.state_dir, mac)
+        callback = preseed.callback_for(mac, self.ip, self.plan.http_port, token)
+        return preseed.render(self.site.install, mac, callback, self.provision(mac))
 
     def mac_of(self, ip: str) -> str:
         return self.clients.mac_of(ip)
@@ -225,10 +335,14 @@ class Service:
                 armed=self.armed,
                 disarm=self.disarm,
                 preseed=self.preseed,
-                virtual=lambda path, ip: self.render_menu(path.lstrip("/")),
+                virtual=self.virtual,
                 ip_of=self.clients.ip_of,
                 mac_of=self.mac_of,
                 log=self.log,
+                claim=self.claim,
+                callback_refused=self.callback_refused,
+                progress=self.report,
+                files=self.files,
             )
             self.http = HttpServer((self.ip, plan.http_port), app, plan.interface)
         except OSError as exc:

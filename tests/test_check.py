@@ -245,3 +245,26 @@ def test_an_unknown_namespace_is_bad_input():
     proc = invoke("host.check", "--netns", "xl-no-such-ns")
     assert proc.returncode == 2
     assert "--netns" in proc.stderr
+
+
+# --- the xendomains policy --------------------------------------------------------------------------
+def test_the_xendomains_policy_is_reported_against_the_site():
+    from pipeline.host import xen
+
+    packaged = recorded("xendomains-debian12.txt")  # the package's default: save and restore
+    line = by_step(check.evaluate(replace(dom0_facts(), xendomains=packaged)))["xendomains policy"]
+    assert not line.ok and line.fix == "invoke host.xen"
+    assert line.detail == (
+        "running guests are saved to /var/lib/xen/save at host shutdown, restored at boot;"
+        " /etc/xen/auto starts its guests at boot (the site asks for on_shutdown: shutdown)"
+    )
+    written = xen.set_xendomains(packaged, "shutdown")
+    lines = check.evaluate(replace(dom0_facts(), xendomains=written))
+    assert by_step(lines)["xendomains policy"].ok and check.summary(lines) is None
+    saving = replace(dom0_facts(), xendomains=packaged, on_shutdown="save")
+    assert by_step(check.evaluate(saving))["xendomains policy"].ok
+    no_auto = written.replace("XENDOMAINS_AUTO=/etc/xen/auto", "XENDOMAINS_AUTO=")
+    line = by_step(check.evaluate(replace(dom0_facts(), xendomains=no_auto)))["xendomains policy"]
+    assert not line.ok and "no autostart" in line.detail
+    # Without the file (no Xen tools) the Xen lines already say what is missing: no line.
+    assert "xendomains policy" not in by_step(check.evaluate(dom0_facts()))

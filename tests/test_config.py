@@ -12,6 +12,15 @@ from pipeline.guest import checks
 from tests.conftest import REPO, invoke, ip_json
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHcIRqNcmYzCKyRlQhYiqbUzXqiYF3Y7mAGwB54Tt3Ko test@xenlab"
+# Real keys (ssh-keygen; the private halves were thrown away): the checks decode the blob.
+RSA = (
+    "AAAAB3NzaC1yc2EAAAADAQABAAAAgQDc0AVc/o3QeOyWd1wj5GOsEUpsqrte"
+    "LOcdLlejq86+hyoGHKAT66GsBxIxaR/kvjMVyuZfF7B5awzrhHHIpXhjy5GOkt9cWZmB6+D9GnCP/kcBDK9nsU/36LUgYm/Yk72SlC/bA11lnQmPMs/HvZoKD0wIDjjxoHoE5LY8TQSmpQ=="
+)
+ECDSA = (
+    "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJRtlGv2lpaHlGUD8K"
+    "wli5DWrs0XxmYzX1KocrWINzhJFnB3p0wCMazuIxkdLY1CIj/OwxLMhd28lJz6Alk4vvA="
+)
 
 
 def site(**host):
@@ -209,8 +218,8 @@ def test_a_bad_ssh_key_is_refused(section, key):
 def test_good_ssh_keys_are_accepted(section):
     keys = [
         KEY,
-        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 admin@lab",
-        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY=",
+        "ssh-rsa " + RSA + " admin@lab",
+        "ecdsa-sha2-nistp256 " + ECDSA,
     ]
     s = load_site(with_section(section, {"ssh_authorized_keys": keys}))
     node = s.install if section == "install" else s.guests["g1"]

@@ -1,13 +1,15 @@
 """guest.build on real parts: sparse files or LVs on a loop device, real mkfs, real ISO, real cfg.
 
 The fast tests hand guest.build a small root tree of their own instead of the golden image (the
-image's build is issue 5's other half and costs minutes); the slow one goes through `invoke` with
+image's build costs minutes and is tests/test_image.py's); the slow one goes through `invoke` with
 the real debian-12 golden image.
 """
 
 import ipaddress
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -67,7 +69,9 @@ def test_xl_cfg_renders_the_lab_guest():
     lines = [line.strip() for line in text.splitlines()]
     assert 'name = "guest-01"' in lines
     assert "memory = 1024" in lines and "vcpus = 2" in lines
-    assert 'bootloader = "pygrub"' in lines
+    # pvgrub2 by default: GRUB's Xen image boots inside the guest, no bootloader line
+    assert 'kernel = "/usr/lib/grub-xen/grub-x86_64-xen.bin"' in lines
+    assert not any(line.startswith("bootloader") for line in lines)
     disks = [line for line in lines if line.startswith("'format=raw")]
     assert disks == [
         "'format=raw, vdev=xvda2, access=rw, target=/dev/VolumeGroupXen/guest-01-disk',",
@@ -583,3 +587,226 @@ def test_ubuntu_profile_gets_a_filesystem_its_kernel_mounts_and_hosts_allow(tmp_
     paths = {f["path"]: f["content"] for f in user_data["write_files"]}
     assert paths["/etc/hosts.allow"].endswith("sshd: 192.0.2.0/255.255.255.240\n")
     assert paths["/etc/hosts.deny"].endswith("sshd: ALL\n")
+
+
+# --- boot modes: the cfg against xl.cfg(5) and xl-disk-configuration(5) ---------------------------
+# xl reads a cfg with libxlu's flex grammar (tools/libs/util/libxlu_cfg_l.l): settings
+# `NAME = VALUE` ending at a newline or ';', VALUE a number, a string in '...' or "..." (no
+# newline), or a list [VALUE, ...] (a trailing comma allowed), '#' to the end of the line.
+# A real `xl -N create` needs a hypervisor (it opens one before it parses anything); the
+# rehearsal runs it in its dom0.
+_TOKEN = re.compile(
+    r"""(?P<ws>[ \t]+)|(?P<comment>\#[^\n]*)|(?P<nl>\n|;)|(?P<id>[A-Za-z_][A-Za-z0-9_]*)"""
+    r"""|(?P<num>[0-9]+(\.[0-9]+)?)|(?P<str>"[^"\n]*"|'[^'\n]*')|(?P<punct>[\[\],=])"""
+)
+
+
+def parse_xl_cfg(text: str) -> dict:
+    """{name: value} as libxlu reads `text`; AssertionError on anything its grammar rejects."""
+    tokens, at = [], 0
+    while at < len(text):
+        match = _TOKEN.match(text, at)
+        assert match, f"xl's lexer stops at {text[at : at + 30]!r}"
+        at = match.end()
+        kind = match.lastgroup
+        if kind in ("ws", "comment"):
+            continue
+        if kind == "nl":
+            if tokens and tokens[-1] != ("nl", "\n"):
+                tokens.append(("nl", "\n"))
+            continue
+        tokens.append((kind, match.group()))
+    settings, i = {}, 0
+
+    def value(i):
+        assert i < len(tokens) and tokens[i][0] != "nl", "a setting without a value"
+        kind, word = tokens[i]
+        if kind == "num":
+            return (float(word) if "." in word else int(word)), i + 1
+        if kind == "str":
+            return word[1:-1], i + 1
+        assert word == "[", f"a value cannot start with {word!r}"
+        items, i = [], i + 1
+        while True:
+            while i < len(tokens) and tokens[i][0] == "nl":  # lists span lines
+                i += 1
+            assert i < len(tokens), "a list without its ]"
+            if tokens[i][1] == "]":
+                return items, i + 1
+            item, i = value(i)
+            items.append(item)
+            while i < len(tokens) and tokens[i][0] == "nl":
+                i += 1
+            assert i < len(tokens) and tokens[i][1] in (",", "]"), "a list item without , or ]"
+            if tokens[i][1] == ",":
+                i += 1
+
+    while i < len(tokens):
+        if tokens[i][0] == "nl":
+            i += 1
+            continue
+        assert tokens[i][0] == "id" and tokens[i + 1 : i + 2] == [("punct", "=")], tokens[i:]
+        name = tokens[i][1]
+        assert name not in settings, f"{name} set twice"
+        settings[name], i = value(i + 2)
+        assert i == len(tokens) or tokens[i][0] == "nl", f"{name}: junk after the value"
+    return settings
+
+
+# xl-disk-configuration(5): comma-separated parameters; target= last (it may hold commas).
+DISK_KEYS = {"format", "vdev", "access", "devtype", "backend", "backendtype", "script", "target"}
+DISK_VALUES = {
+    "format": {"raw", "qcow", "qcow2", "vhd", "qed"},
+    "access": {"ro", "r", "rw", "w"},
+    "devtype": {"cdrom"},
+}
+
+
+def check_disk_spec(spec: str) -> dict:
+    params = [p.strip() for p in spec.split(",")]
+    pairs = dict(p.split("=", 1) for p in params)
+    assert list(pairs)[-1] == "target", f"target= must be last: {spec}"
+    assert set(pairs) <= DISK_KEYS, spec
+    for key, allowed in DISK_VALUES.items():
+        assert key not in pairs or pairs[key] in allowed, (key, pairs[key])
+    assert re.fullmatch(r"xvd[a-z]+[0-9]*", pairs["vdev"]), pairs["vdev"]
+    assert pairs["target"].startswith("/")
+    return pairs
+
+
+def check_vif_spec(spec: str) -> dict:
+    """xl-network-configuration(5): key=value pairs, comma-separated."""
+    pairs = dict(p.split("=", 1) for p in spec.split(","))
+    assert set(pairs) <= {"mac", "ip", "bridge", "script", "model", "vifname", "type", "rate"}
+    assert re.fullmatch(r"00:16:3e(:[0-9a-f]{2}){3}", pairs["mac"])
+    ipaddress.IPv4Address(pairs["ip"])
+    return pairs
+
+
+BOOTS = {
+    "pvgrub": {"kernel": "/usr/lib/grub-xen/grub-x86_64-xen.bin"},
+    "pygrub": {"bootloader": "pygrub"},
+    "pvh": {"type": "pvh", "kernel": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"},
+}
+
+
+@pytest.mark.parametrize("boot", list(BOOTS))
+def test_the_cfg_of_each_boot_mode_reads_as_xl_reads_it(boot):
+    settings = parse_xl_cfg(xen_cfg.render(xl_cfg(boot=boot)))
+    boot_keys = {k: v for k, v in settings.items() if k in ("kernel", "bootloader", "type")}
+    assert boot_keys == BOOTS[boot]
+    assert (settings["name"], settings["memory"], settings["vcpus"]) == ("guest-01", 1024, 2)
+    disks = [check_disk_spec(spec) for spec in settings["disk"]]
+    assert [(d["vdev"], d["access"], d.get("devtype")) for d in disks] == [
+        ("xvda2", "rw", None), ("xvda1", "rw", None), ("xvdc", "ro", "cdrom"),
+    ]  # fmt: skip
+    assert disks[0]["target"] == "/dev/VolumeGroupXen/guest-01-disk"
+    (vif,) = [check_vif_spec(spec) for spec in settings["vif"]]
+    assert vif == {"mac": "00:16:3e:3f:a7:7c", "ip": "192.0.2.2", "bridge": "xenbr0"}
+    for key in ("on_poweroff", "on_reboot", "on_crash"):
+        assert settings[key] in xen_cfg.ACTIONS
+    assert xen_cfg.cfg_boot(xen_cfg.render(xl_cfg(boot=boot))) == boot
+    assert xen_cfg.parse_disks(xen_cfg.render(xl_cfg(boot=boot)))[2]["devtype"] == "cdrom"
+
+
+def test_the_grammar_check_rejects_what_xl_would():
+    for bad in (
+        'name = "a\nb"',
+        "memory = ",
+        "disk = ['x' 'y']",
+        "name = 'a' 'b'",
+        'x = "1"\nx = 2',
+    ):
+        with pytest.raises(AssertionError):
+            parse_xl_cfg(bad)
+    with pytest.raises(AssertionError):
+        check_disk_spec("target=/srv/a.img, vdev=xvda2")  # target not last
+    assert xen_cfg.parse_disks("disk = ['/srv/a.img,raw,xvda2,rw']") == [
+        {"target": "/srv/a.img", "format": "raw", "vdev": "xvda2", "access": "rw"}
+    ]
+    with pytest.raises(ValueError, match="boot 'grub' is not one of pvgrub, pygrub, pvh"):
+        xen_cfg.render(xl_cfg(boot="grub"))
+
+
+def test_the_loader_must_be_on_the_host(tmp_path):
+    with pytest.raises(BadInput) as err:
+        guest.check_loader("guest-01", "pvgrub", host=tmp_path)
+    assert "guests.guest-01.boot = 'pvgrub'" in str(err.value)
+    assert "/usr/lib/grub-xen/grub-x86_64-xen.bin" in str(err.value)
+    assert "grub-xen-host" in str(err.value)
+    guest.check_loader("guest-01", "pygrub", host=tmp_path)  # xl's own helper: nothing to check
+    loader = tmp_path / "usr/lib/grub-xen/grub-x86_64-xen.bin"
+    loader.parent.mkdir(parents=True)
+    loader.write_bytes(b"\x7fELF")
+    guest.check_loader("guest-01", "pvgrub", host=tmp_path)
+
+
+def test_pvh_needs_xen_4_10():
+    from pipeline.guest import checks
+
+    (old,) = checks.boot_problems("g", "pvh", ((4, 9), "xl info"))
+    assert old.field == "guests.g.boot" and old.value == "pvh"
+    assert "needs Xen 4.10 or newer; this host has Xen 4.9 (xl info)" in old.reason
+    assert checks.boot_problems("g", "pvh", ((4, 17), "the installed xen-hypervisor package")) == []
+    (unknown,) = checks.boot_problems("g", "pvh", (None, "no xl info answer"))
+    assert "version is unknown (no xl info answer)" in unknown.reason
+    assert checks.boot_problems("g", "pvgrub", (None, "x")) == []
+
+
+def test_invoke_refuses_pvh_on_xen_4_9_and_where_the_version_is_unknown(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    site = write_site(
+        tmp_path, {"kind": "dir", "dir": str(tmp_path / "xen")}, {"t-guest": spec(boot="pvh")}
+    )
+    args = ("-f", str(site), "guest.build", "--name", "t-guest", "--root", str(root), "--no-start")
+    proc = invoke(*args)  # no Xen and no hypervisor package on this machine
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "guests.t-guest.boot = 'pvh': needs Xen 4.10 or newer" in proc.stderr
+    # A stand-in xl answering `xl info` as the lab's Xen 4.9.2 (tests/data/xl/fake-xl)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "xl").symlink_to(Path(__file__).parent / "data/xl/fake-xl")
+    state = tmp_path / "xl.json"
+    state.write_text(json.dumps({"domains": [], "linger": {}, "next_id": 1}))
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "XL_FAKE_STATE": str(state)}
+    proc = invoke(*args, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "this host has Xen 4.9 (xl info), which has no PVH guests" in proc.stderr
+    assert everything_under(root) == [] and not (tmp_path / "xen").exists()
+
+
+def _hook_body() -> str:
+    """The kernel hook xenlab-pv-boot installs in the image (the grub.cfg writer), as a script."""
+    element = Path(__file__).parent.parent / "images/elements/xenlab-pv-boot"
+    text = (element / "install.d/60-xenlab-pygrub-hook").read_text()
+    return text.split("<<'HOOK'\n", 1)[1].split("\nHOOK\n", 1)[0]
+
+
+def test_the_images_grub_cfg_serves_pvgrub2_and_pygrub(tmp_path):
+    """The image's grub.cfg, as its kernel hook writes it, passes the real grub-script-check and
+    names files relative to the filesystem it is on: pvgrub2's built-in config finds
+    /boot/grub/grub.cfg on xvda2 and runs it there (configfile), pygrub reads the same entries."""
+    if shutil.which("grub-script-check") is None:
+        pytest.skip("grub-script-check is not installed (grub-common)")
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    for version in ("6.1.0-57-amd64", "6.1.0-9-amd64"):
+        (boot / f"vmlinuz-{version}").write_text("k")
+        (boot / f"initrd.img-{version}").write_text("i")
+    script = 'XENLAB_KERNEL_CMDLINE="root=/dev/xvda2 ro console=hvc0"\n' + _hook_body()
+    subprocess.run(["sh", "-c", script.replace("/boot", str(boot))], check=True)
+    cfg = (boot / "grub/grub.cfg").read_text().replace(str(boot), "/boot")
+    found = [cfg]
+    golden = sorted(Path("/var/cache/xenlab/images").glob("*/root/boot/grub/grub.cfg"))
+    found += [path.read_text() for path in golden]  # the cached golden images, where built
+    for text in found:
+        checked = subprocess.run(["grub-script-check"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        entries = re.findall(r"^\s*linux (\S+) (.*)$", text, re.M)
+        assert entries and all(path.startswith("/boot/vmlinuz-") for path, _ in entries)
+        assert all("root=/dev/xvda2" in args and "console=hvc0" in args for _, args in entries)
+        assert not re.search(r"\((hd|xen)[^)]*\)", text)  # no device of the build machine
+        assert "set root" not in text and "search" not in text
+    # newest kernel first: what both loaders boot by default
+    assert re.findall(r"menuentry 'Linux (\S+)'", cfg) == ["6.1.0-57-amd64", "6.1.0-9-amd64"]

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Failed
 from pipeline.runner import Runner
 from pxe import arming, dhcp_server
 from tests.conftest import invoke
@@ -56,11 +56,51 @@ def test_arm_disarm_round_trip(tmp_path):
     assert arming.load(tmp_path / "state") == {}
 
 
-def test_unreadable_state_means_nothing_armed(tmp_path):
-    (tmp_path / "armed.json").write_text("[1, 2")
-    assert arming.load(tmp_path) == {}
-    (tmp_path / "armed.json").write_text("[1, 2]")
-    assert arming.load(tmp_path) == {}
+@pytest.mark.parametrize("damaged", ['{"armed": {"34:17:eb:f0:dc:e3": {"armed_at"', "[1, 2]", ""])
+def test_a_damaged_state_file_is_refused_not_taken_for_nothing_armed(tmp_path, damaged):
+    (tmp_path / "armed.json").write_text(damaged)
+    with pytest.raises(Failed) as err:
+        arming.load(tmp_path)
+    assert str(tmp_path / "armed.json") in str(err.value)
+    with pytest.raises(Failed):
+        arming.arm(Runner(), tmp_path, "52:54:00:00:00:01")
+    assert (tmp_path / "armed.json").read_text() == damaged  # never rewritten
+
+
+def test_a_truncated_armed_json_stops_the_tasks_and_keeps_the_file(tmp_path):
+    """A crash or a full disk cut armed.json: status does not say "nothing armed", and arm does
+    not silently drop every other armed MAC."""
+    armed_here(tmp_path)
+    armed_here(tmp_path, "52:54:00:00:00:02")
+    cut = state_file(tmp_path).read_text()[:40]
+    state_file(tmp_path).write_text(cut)
+    status = invoke("pxe.status", env=env(tmp_path))
+    assert status.returncode == 1, status.stdout
+    assert str(state_file(tmp_path)) in status.stderr and "nothing armed" not in status.stdout
+    again = invoke("pxe.arm", "--mac", "52:54:00:00:00:03", env=env(tmp_path))
+    assert again.returncode == 1 and str(state_file(tmp_path)) in again.stderr
+    assert state_file(tmp_path).read_text() == cut
+
+
+def test_each_arming_has_its_own_token_and_its_preseed_is_served_once(tmp_path):
+    runner = Runner()
+    state = tmp_path / "state"
+    assert arming.arm(runner, state, MAC)
+    token = arming.token_of(state, MAC)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert arming.check_callback(state, MAC, token, "10.0.0.5") is not None  # nothing served
+    assert arming.claim_preseed(runner, state, MAC, "10.0.0.5") is None  # the first fetch
+    refused = arming.claim_preseed(runner, state, MAC, "10.0.0.9")
+    assert refused["served_to"] == "10.0.0.5"
+    assert arming.load(state)[MAC]["refused"][-1]["from"] == "10.0.0.9"
+    assert arming.check_callback(state, MAC, token, "10.0.0.5") is None
+    assert "token" in arming.check_callback(state, MAC, "x" + token[1:], "10.0.0.5")
+    assert "token" in arming.check_callback(state, MAC, "", "10.0.0.5")
+    assert "10.0.0.5" in arming.check_callback(state, MAC, token, "10.0.0.9")
+    # arming it again after its preseed was served: a new arming, a new token, served once more
+    assert arming.arm(runner, state, MAC)
+    assert arming.token_of(state, MAC) != token
+    assert arming.claim_preseed(runner, state, MAC, "10.0.0.5") is None
 
 
 def env(tmp_path):
@@ -79,13 +119,13 @@ def armed_here(tmp_path, mac=MAC) -> None:
     assert arming.arm(Runner(), tmp_path / "state", mac)
 
 
-def status_rows(stdout: str) -> dict:
-    """pxe.status's table as {mac: [install, armed at, lease]}."""
+def status_rows(stdout: str, state: bool = False) -> dict:
+    """pxe.status's table as {mac: [install, armed at, lease]} (`state=True`: and the state)."""
     rows = {}
     for line in stdout.splitlines():
         cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
         if cells and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", cells[0]):
-            rows[cells[0]] = cells[1:]
+            rows[cells[0]] = cells[1:] if state else cells[1:4]
     return rows
 
 

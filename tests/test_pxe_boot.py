@@ -276,9 +276,15 @@ def test_full_dhcp_serve_to_a_client_namespace(segment, stand_in_tree, tmp_path)
         assert status == 200 and f"http://{SERVER}:8080/callback/{ARMED}".encode() in preseed
         assert http_get(cl, f"/preseed/{ARMED}.cfg", source="10.77.0.59")[0] == 403
         assert http_get(cl, f"/preseed/{UNARMED}.cfg", source="10.77.0.50")[0] == 404
-        # The installer's callback disarms it, once.
-        assert http_get(cl, f"/callback/{ARMED}", source="10.77.0.50") == (200, b"disarmed\n")
-        assert http_get(cl, f"/preseed/{ARMED}.cfg", source="10.77.0.50")[0] == 404
+        # The installer's callback (the URL its preseed holds, with the arming's token when
+        # there is one) disarms it, once.
+        callback = re.search(rb"http://10\.77\.0\.1:8080(/callback/\S+)", preseed)
+        assert callback, preseed
+        assert http_get(cl, callback.group(1).decode(), source="10.77.0.50") == (
+            200,
+            b"disarmed\n",
+        )
+        assert http_get(cl, f"/preseed/{ARMED}.cfg", source="10.77.0.50")[0] in (404, 410)
         server.wait_for(rf"{ARMED} callback", 10)
         assert server.terminate() == 0
 

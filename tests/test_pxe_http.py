@@ -174,3 +174,85 @@ def test_many_clients_at_once(server, tree):
     for t in threads:
         t.join(timeout=60)
     assert results == [(200, want)] * 10
+
+
+# --- the trust hooks pxe.serve gives the app (pxe/serve.py wires them to arming and progress) -----
+@pytest.fixture
+def guarded(tree, tmp_path):
+    """An app with once-per-arming preseeds, token-checked callbacks and progress, extra files."""
+    claims, reports, log = [], [], []
+    token = "T" * 43
+    extra = tmp_path / "wheel.whl"
+    extra.write_bytes(b"PK" + bytes(100))
+
+    def claim(mac, client):
+        claims.append(client)
+        return None if len(claims) == 1 else f"served to {claims[0]}"
+
+    def refused(mac, given, client):
+        return None if given == token and client == "127.0.0.1" else "wrong or missing token"
+
+    def progress(mac, given, client, body):
+        if given != token:
+            return 403, "refused"
+        reports.append(body)
+        return 200, "ok"
+
+    app = pxe_http.HttpApp(
+        root=tree,
+        armed=lambda mac: mac == ARMED,
+        disarm=lambda mac: True,
+        preseed=lambda mac: "d-i x\n",
+        virtual=lambda path, ip: None,
+        ip_of=lambda mac: "127.0.0.1",
+        mac_of=lambda ip: "?",
+        log=lambda mac, msg: log.append((mac, msg)),
+        claim=claim,
+        callback_refused=refused,
+        progress=progress,
+        files=lambda path: extra if path == "wheelhouse/wheel.whl" else None,
+    )
+    srv = pxe_http.HttpServer(("127.0.0.1", 0), app, interface="lo")
+    thread = pxe_http.start(srv)
+    srv.state = {"log": log, "reports": reports, "token": token}
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def test_the_preseed_is_served_once_then_410_with_a_warning(guarded):
+    assert get(guarded, f"/preseed/{ARMED}.cfg")[0] == 200
+    assert get(guarded, f"/preseed/{ARMED}.cfg", method="HEAD")[0] == 200  # a HEAD claims nothing
+    assert get(guarded, f"/preseed/{ARMED}.cfg")[0] == 410
+    assert any(m.startswith("WARNING: preseed refused") for _, m in guarded.state["log"])
+
+
+def test_the_callback_needs_the_token(guarded):
+    token = guarded.state["token"]
+    assert get(guarded, f"/callback/{ARMED}")[0] == 403
+    assert get(guarded, f"/callback/{ARMED}/{'x' * 43}")[0] == 403
+    assert get(guarded, f"/callback/{ARMED}/{token}") == (200, b"disarmed\n")
+    assert not [m for _, m in guarded.state["log"] if token in m]  # the token is never logged
+
+
+def test_progress_is_a_post_with_the_token(guarded):
+    token = guarded.state["token"]
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.server_address[1], timeout=10)
+    try:
+        conn.request("POST", f"/progress/{ARMED}/{token}", body=b'{"state": "done"}')
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"ok\n")
+        conn.request("POST", f"/progress/{ARMED}/nope", body=b"{}")
+        resp = conn.getresponse()
+        assert resp.status == 403 and resp.read()
+    finally:
+        conn.close()
+    assert guarded.state["reports"] == [b'{"state": "done"}']
+    assert get(guarded, f"/progress/{ARMED}/{token}")[0] == 404  # GET: not a route
+
+
+def test_extra_files_come_from_the_apps_mapping(guarded):
+    status, data = get(guarded, "/wheelhouse/wheel.whl")
+    assert status == 200 and data.startswith(b"PK")
+    assert get(guarded, "/wheelhouse/other.whl")[0] == 404

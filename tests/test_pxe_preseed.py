@@ -24,7 +24,7 @@ from tests.conftest import CACHE, invoke, sh
 
 MAC = "52:54:00:77:00:10"
 CALLBACK = f"http://10.77.0.1:8080/callback/{MAC}"
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk0c3RrZXlub3RyZWFsbHlhbnlrZXk admin@lab"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINK8TURiX6CkORKLAwF54/TNnQDRPurs5bUJp0JZzFsU admin@lab"
 HASH = "$6$rounds=4096$saltsalt$" + "x" * 86
 
 
@@ -396,3 +396,164 @@ def test_setup_script_on_bionic(bionic_target, loop_disk, tmp_path):
 
     after = sh("sfdisk", "--dump", device).stdout
     assert f"{device}p2" in after and f"{device}p3" not in after
+
+
+# --- zero touch: the late setup also installs xenlab and its unit --------------------------------
+TOKEN = "t0ken-Of-This-Arming_0123456789abcdef"
+
+
+def provision_for(site_yaml: str = "host:\n  subnet: 192.0.2.0/28\n", **over) -> preseed.Provision:
+    values = dict(
+        base_url="http://10.77.0.1:8080",
+        mac=MAC,
+        token=TOKEN,
+        site_yaml=site_yaml,
+        xenlab="xenlab==0.1.0",
+        pip_wheel="pip-25.0.1-py3-none-any.whl",
+        python="python3.8",
+        python_packages=("python3.8", "python3.8-venv", "python3-distutils"),
+    )
+    values.update(over)
+    return preseed.Provision(**values)
+
+
+def test_zero_touch_preseed_is_accepted_and_its_script_parses(tmp_path):
+    callback = preseed.callback_for(MAC, "10.77.0.1", 8080, TOKEN)
+    text = preseed.render(lab(), MAC, callback, provision_for())
+    debconf_check(tmp_path, text)
+    assert values(text)["preseed/late_command"].endswith(f"/callback/{MAC}/{TOKEN}")
+    script = setup_of(text)
+    (tmp_path / "setup.sh").write_text(script)
+    assert subprocess.run(["sh", "-n", str(tmp_path / "setup.sh")]).returncode == 0
+    assert f"http://10.77.0.1:8080/progress/{MAC}/{TOKEN}" in script
+    assert "--no-index --find-links" in script and "xenlab==0.1.0" in script
+    assert "systemctl enable xenlab-provision.service" in script
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"token": "short"},
+        {"token": TOKEN + "'; reboot; '"},
+        {"base_url": "http://10.77.0.1:8080/x y"},
+        {"xenlab": "xenlab==0.1.0 --index-url=http://evil"},
+        {"python_packages": ("python3.8; rm -rf /",)},
+    ],
+)
+def test_provision_values_are_checked_before_rendering(over):
+    with pytest.raises(BadInput):
+        preseed.setup_script(lab(), provision_for(**over))
+
+
+def test_the_unit_runs_host_provision_until_it_finished_once():
+    unit = preseed.unit_file()
+    assert "Type=oneshot" in unit and "After=network-online.target" in unit
+    assert f"ConditionPathExists=!{preseed.DONE_FILE}" in unit
+    assert "ExecStart=/opt/xenlab/.venv/bin/invoke host.provision --report-file" in unit
+    assert "WantedBy=multi-user.target" in unit
+
+
+PYTHON_PACKAGES = ["python3.8", "python3.8-venv", "python3-distutils"]
+
+
+@pytest.mark.slow
+def test_zero_touch_setup_on_bionic(bionic_target, loop_disk, tmp_path, netns):
+    """The late setup with zero touch, in the bionic target (in a client namespace with no route
+    to any package index; Python 3.8 comes from the release's archive first, as the installer's
+    apt would give it): xenlab installed from pxe.serve's wheelhouse, the site file without the
+    install's secrets, xenlab-provision.service enabled and accepted by systemd-analyze verify."""
+    import time
+
+    from pipeline.runner import Runner
+    from pxe import wheelhouse
+    from tests.test_pxe_boot import serving, site_env
+
+    tree = tmp_path / "tree"
+    wheelhouse.build(Runner(), tree, "ubuntu-18.04", print)
+    # the segment: srv (10.77.0.1) -- veth -- cl (10.77.0.50)
+    srv, cl = netns("zts"), netns("ztc")
+    sh("ip", "-n", srv, "link", "add", "pxe0", "type", "veth", "peer", "name", "eth0", "netns", cl)
+    sh("ip", "-n", srv, "addr", "add", "10.77.0.1/24", "dev", "pxe0")
+    sh("ip", "-n", srv, "link", "set", "pxe0", "up")
+    sh("ip", "-n", cl, "addr", "add", "10.77.0.50/24", "dev", "eth0")
+    sh("ip", "-n", cl, "link", "set", "eth0", "up")
+
+    device = loop_disk("4G")
+    subprocess.run(
+        ["sfdisk", "-q", device], input="label: dos\n,1GiB,83,*\n,1GiB,82\n,,83\n", text=True,
+        check=True,
+    )  # fmt: skip
+    install = lab(
+        disk=device, disk_size="4G", root_size="1G", swap_size="1G", keep_free="1G",
+        password_hash=HASH,
+    )  # fmt: skip
+    site_yaml = "host:\n  subnet: 192.0.2.0/28\n  storage:\n    device: /dev/sdb\n"
+    pips = sorted((tree / "wheelhouse").glob("pip-*.whl"))
+    provision = provision_for(
+        site_yaml, xenlab=wheelhouse.xenlab_requirement(tree), pip_wheel=pips[-1].name
+    )
+    text = preseed.render(
+        install, MAC, preseed.callback_for(MAC, "10.77.0.1", 8080, TOKEN), provision
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/setup.sh").write_text(setup_of(text))
+    for d in ("upper", "work", "merged"):
+        (tmp_path / d).mkdir()
+    upper = tmp_path / "upper"
+
+    def argv(*command: str):
+        return chroots.chroot_argv(
+            tmp_path / "merged", list(command),
+            overlay=(bionic_target, upper, tmp_path / "work"),
+            binds=[(tmp_path / "out", "/mnt/out")],
+        )  # fmt: skip
+
+    # the installer's apt, before late_command: the release's Python 3.8
+    apt = (
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+        + " ".join(PYTHON_PACKAGES)
+    )
+    proc = subprocess.run(argv("sh", "-c", apt), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    env = site_env(tmp_path, INVOKE_PXE_TFTP_ROOT=str(tree))
+    script = "useradd -m -s /bin/bash admin && passwd -l admin >/dev/null && sh /mnt/out/setup.sh"
+    with serving(srv, ["--interface", "pxe0"], env, tmp_path / "serve.log"):
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["ip", "netns", "exec", cl, *argv("sh", "-c", script)],
+            capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "xenlab-provision.service enabled" in proc.stdout
+
+    app = upper / "opt/xenlab"
+    assert (app / ".venv/bin/invoke").is_file() and (app / "tasks.py").is_file()
+    listed = subprocess.run(
+        argv("sh", "-c", "cd /opt/xenlab && .venv/bin/invoke --list && .venv/bin/pip list"),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert listed.returncode == 0 and "host.provision" in listed.stdout, listed.stderr
+    assert "xenlab" in listed.stdout
+    site = upper / "etc/xenlab/site.yaml"
+    assert site.read_text() == site_yaml
+    assert oct(site.stat().st_mode & 0o777) == "0o600"
+    assert HASH not in site.read_text()
+    assert os.readlink(str(app / "invoke.yaml")) == "/etc/xenlab/site.yaml"
+    report = upper / "etc/xenlab/report-url"
+    assert report.read_text() == provision.report_url + "\n"
+    assert oct(report.stat().st_mode & 0o777) == "0o600"
+    unit = upper / "etc/systemd/system/xenlab-provision.service"
+    assert unit.read_text() == preseed.unit_file()
+    wants = upper / "etc/systemd/system/multi-user.target.wants/xenlab-provision.service"
+    assert os.readlink(str(wants)) == "/etc/systemd/system/xenlab-provision.service"
+    # systemd-analyze verify on this machine, with the unit's paths (/opt/xenlab) from the chroot
+    verify = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs /opt && mkdir /opt/xenlab && mount --bind {app} /opt/xenlab"
+         f" && systemd-analyze verify {unit}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    print(f"\nzero-touch late setup in the bionic chroot: {seconds:.0f} s")

@@ -14,7 +14,7 @@ from pipeline import subnet
         ("192.0.2.16/28", "192.0.2.17", "192.0.2.30"),
         ("198.51.100.8/29", "198.51.100.9", "198.51.100.14"),
         ("203.0.113.4/30", "203.0.113.5", "203.0.113.6"),
-        ("10.0.0.0/8", "10.0.0.1", "10.255.255.254"),
+        ("10.20.0.0/16", "10.20.0.1", "10.20.255.254"),  # the widest (subnet.SHORTEST_PREFIX)
     ],
 )
 def test_first_usable_and_last_host(text, first, last_usable):
@@ -40,6 +40,13 @@ def test_lab_subnet_gives_dot_one_with_the_prefix():
         ("2001:db8::/64", "only IPv4"),
         ("not-a-net/28", "is not an IPv4 network"),
         ("192.0.2.0/33", "is not an IPv4 network"),
+        ("0.0.0.0/0", "every IPv4 address"),
+        ("10.0.0.0/15", "wider than a subnet routed to one host"),
+        ("224.0.0.0/24", "multicast"),
+        ("240.0.0.0/28", "class E"),
+        ("0.0.0.0/28", "'this network'"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.1.0/24", "link-local"),
     ],
 )
 def test_bad_subnets_say_why(text, words):

@@ -238,6 +238,18 @@ def test_host_xen_installs_into_a_debian_12_root(target):
             shell=True, check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
         assert "\n".join(xl_conf) + "\n" == xen.set_xl_key(original, "autoballoon", '"off"')
+    # The guests' loader, and the xendomains policy: the package's own file, two keys changed.
+    assert dpkg_status(target, "grub-xen-host") == "install ok installed"
+    assert (target / "usr/lib/grub-xen/grub-x86_64-xen.bin").is_file()
+    xendomains = (target / "etc/default/xendomains").read_text()
+    assert xen.read_xendomains(xendomains).on_shutdown == "shutdown"
+    if debs:
+        packaged = subprocess.run(
+            f"dpkg-deb --fsys-tarfile {debs[-1]} | tar -xO ./etc/default/xendomains",
+            shell=True, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert xen.read_xendomains(packaged).on_shutdown == "save"
+        assert xendomains == xen.set_xendomains(packaged, "shutdown")
     # What update-grub made of it.
     cfg = (target / "boot/grub/grub.cfg").read_text()
     default, entries = xen.parse_grub_cfg(cfg)
@@ -261,3 +273,105 @@ def test_host_xen_installs_into_a_debian_12_root(target):
     assert third.returncode == 0, third.stdout + third.stderr
     assert "dom0_mem=2048M,max:2048M" in (target / "boot/grub/grub.cfg").read_text()
     assert str(target) not in Path("/proc/self/mountinfo").read_text()
+
+
+# --- the guests' loader and the xendomains policy ---------------------------------------------------
+def packaged_xendomains() -> str:
+    """/etc/default/xendomains as Debian 12's xen-utils-common ships it (tests/data/xl)."""
+    return (DATA / "xendomains-debian12.txt").read_text()
+
+
+def sourced(text: str, tmp_path: Path) -> dict:
+    """The three keys as the init script's shell sees them after sourcing the file."""
+    path = tmp_path / "xendomains"
+    path.write_text(text)
+    script = (
+        f'. {path}; printf "%s|%s|%s" "$XENDOMAINS_SAVE" "$XENDOMAINS_RESTORE" "$XENDOMAINS_AUTO"'
+    )
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    return dict(zip(("save", "restore", "auto"), out.split("|")))
+
+
+def test_the_packaged_default_saves_guests_and_the_policy_changes_two_keys(tmp_path):
+    packaged = packaged_xendomains()
+    assert xen.read_xendomains(packaged).on_shutdown == "save"  # what the issue is about
+    assert sourced(packaged, tmp_path) == {
+        "save": "/var/lib/xen/save", "restore": "true", "auto": "/etc/xen/auto",
+    }  # fmt: skip
+    shutdown = xen.set_xendomains(packaged, "shutdown")
+    assert xen.set_xendomains(shutdown, "shutdown") == shutdown  # idempotent
+    changed = [line for line in shutdown.splitlines() if line not in packaged.splitlines()]
+    assert changed == ['XENDOMAINS_SAVE=""', 'XENDOMAINS_RESTORE=""']
+    assert len(shutdown.splitlines()) == len(packaged.splitlines())  # every comment kept
+    # Empty, not "false": Debian's script restores whenever RESTORE is non-empty ([ -n ]).
+    assert sourced(shutdown, tmp_path) == {"save": "", "restore": "", "auto": "/etc/xen/auto"}
+    policy = xen.read_xendomains(shutdown)
+    assert (policy.on_shutdown, policy.restore, policy.auto_dir) == (
+        "shutdown",
+        False,
+        "/etc/xen/auto",
+    )
+    assert policy.describe() == (
+        "running guests are shut down cleanly at host shutdown; /etc/xen/auto starts its guests"
+        " at boot"
+    )
+    save = xen.set_xendomains(shutdown, "save")
+    assert save == packaged  # back to the package's own values, line for line
+    assert (
+        xen.read_xendomains(save)
+        .describe()
+        .startswith(
+            "running guests are saved to /var/lib/xen/save at host shutdown, restored at boot"
+        )
+    )
+    fresh = xen.set_xendomains("", "shutdown")  # no file: ours alone
+    assert sourced(fresh, tmp_path) == {"save": "", "restore": "", "auto": "/etc/xen/auto"}
+    # "false" reads as no restore here, as upstream's script does (Debian's would restore).
+    assert not xen.read_xendomains(packaged.replace("RESTORE=true", "RESTORE=false")).restore
+
+
+def test_dry_run_plans_the_loader_and_the_policy(fake_root):
+    root = fake_root()
+    before = tree(root)
+    proc = invoke("host.xen", "--root", str(root), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"would install {PACKAGE}, grub-xen-host (apt-get in {root})" in proc.stdout
+    assert "set the xendomains policy (shutdown)" in proc.stdout
+    assert tree(root) == before
+
+
+def installed(root: Path, *packages: str) -> None:
+    (root / "var/lib/dpkg/status").write_text(
+        "".join(
+            f"Package: {p}\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n"
+            "Maintainer: x <x@example.org>\nDescription: x\n\n"
+            for p in packages
+        )
+    )
+
+
+def test_the_policy_is_written_from_the_site_and_rolled_back_on_failure(fake_root, tmp_path):
+    """Xen is installed, the loader not: the policy file is written, update-grub fails in this
+    bare tree, and xendomains is restored as it was (the loader comes last, after update-grub)."""
+    root = fake_root()
+    installed(root, PACKAGE)
+    (root / "etc/default").mkdir()
+    (root / "etc/default/xendomains").write_text(packaged_xendomains())
+    site = tmp_path / "site.yaml"
+    site.write_text("host:\n  subnet: 192.0.2.0/28\n  xen:\n    on_shutdown: shutdown\n")
+    before = tree(root)
+    dry = invoke("-f", str(site), "host.xen", "--root", str(root), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        '+XENDOMAINS_SAVE=""' in dry.stdout and "-XENDOMAINS_SAVE=/var/lib/xen/save" in dry.stdout
+    )
+    assert "would install grub-xen-host" in dry.stdout
+    proc = invoke("-f", str(site), "host.xen", "--root", str(root))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "update-grub" in proc.stderr
+    assert f"rolled back: wrote {root}/etc/default/xendomains" in proc.stdout
+    assert tree(root) == before
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("host:\n  subnet: 192.0.2.0/28\n  xen:\n    on_shutdown: hibernate\n")
+    proc = invoke("-f", str(bad), "host.xen", "--root", str(root), "--dry-run")
+    assert proc.returncode == 2 and "host.xen.on_shutdown = 'hibernate'" in proc.stderr

@@ -16,7 +16,7 @@ from cloudinit.errors import SeedError
 from cloudinit.yaml_text import dump
 from pipeline import mac, xl
 from pipeline.config import ImagesConfig, Site
-from pipeline.errors import Failed
+from pipeline.errors import BadInput, Failed, Problem
 from pipeline.guest import checks as guest_checks
 from pipeline.guest import profiles, volumes, xen_cfg
 from pipeline.runner import Runner
@@ -82,6 +82,7 @@ def build(
         site, name, runner.root, state, facts or guest_checks.host_facts(), force=force
     )
     profile = profiles.profile_of(guest.profile)
+    check_loader(name, guest.boot)
     if not guest.ssh_authorized_keys:
         say(
             f"warning: guests.{name}.ssh_authorized_keys is empty: only the console will let you in"
@@ -99,6 +100,24 @@ def build(
     seed_file = state / "seed.iso"
     password_file = state / "root-password"
     known_hosts = state / "known_hosts"
+    # The xl config is made, and checked by its own rules, before anything changes.
+    cfg = xen_cfg.XlConfig(
+        name=name,
+        memory_mib=guest.memory >> 20,
+        vcpus=guest.vcpus,
+        disks=(
+            xen_cfg.Disk(disk.path, "xvda2"),
+            xen_cfg.Disk(swap.path, "xvda1"),
+            xen_cfg.Disk(str(seed_file), "xvdc", writable=False, cdrom=True),
+        ),
+        ip=guest.ip,
+        mac=guest_mac,
+        bridge=bridge,
+        boot=guest.boot,
+    )
+    xl_problems = [_xl_problem(name, text, guest, bridge, site) for text in xen_cfg.problems(cfg)]
+    if xl_problems:
+        raise BadInput.of(xl_problems)
 
     if image is None:
         from pipeline.guest import image as images
@@ -154,20 +173,8 @@ def build(
             "".join(f"{name},{guest.ip} {k.public}\n" for k in keys),
         )
 
-        # 5. /etc/xen/NAME.cfg: root first (pygrub boots the first disk), swap, the seed
-        cfg = xen_cfg.XlConfig(
-            name=name,
-            memory_mib=guest.memory >> 20,
-            vcpus=guest.vcpus,
-            disks=(
-                xen_cfg.Disk(disk.path, "xvda2"),
-                xen_cfg.Disk(swap.path, "xvda1"),
-                xen_cfg.Disk(str(seed_file), "xvdc", writable=False, cdrom=True),
-            ),
-            ip=guest.ip,
-            mac=guest_mac,
-            bridge=bridge,
-        )
+        # 5. /etc/xen/NAME.cfg: root first (pygrub boots the first disk), swap, the seed; booted
+        # as guests.NAME.boot says (pvgrub by default)
         runner.write_file(_system(runner, cfg_file), xen_cfg.render(cfg))
 
         # 6. autostart: xendomains starts what /etc/xen/auto links to
@@ -202,6 +209,36 @@ def build(
         known_hosts=str(known_hosts),
         fingerprints=tuple(k.fingerprint for k in keys) if not runner.dry_run else (),
         started=started,
+    )
+
+
+def _xl_problem(name: str, text: str, guest, bridge: str, site: Site) -> Problem:
+    """One of xen_cfg.problems' sentences as a Problem naming the setting it came from."""
+    word = text.split()[0]
+    field, value = {
+        "name": ("--name", name),
+        "memory": (f"guests.{name}.memory", f"{guest.memory >> 20}M"),
+        "vcpus": (f"guests.{name}.vcpus", guest.vcpus),
+        "bridge": (f"guests.{name}.bridge" if guest.bridge else "host.bridge", bridge),
+        "mac": ("--name", name),
+    }.get(word, ("host.storage", site.host.storage.kind))
+    return Problem(field, value, f"the xl config would be wrong: {text}")
+
+
+def check_loader(name: str, boot: str, host: Path = Path("/")) -> None:
+    """The loader file the cfg names as its kernel is on the host (BadInput otherwise).
+
+    On the host itself, also with --root: xl reads the kernel= file on the machine where it
+    creates the domain, and guest.build's cfg names this host's paths (the volumes and the seed
+    are real paths here, the cfg is `xl create`d here)."""
+    path = xen_cfg.loader(boot)
+    if path is None or (host / path.lstrip("/")).is_file():
+        return
+    raise BadInput(
+        f"guests.{name}.boot",
+        boot,
+        f"needs {path} on this host (Debian/Ubuntu package {xen_cfg.LOADER_PACKAGE}, which"
+        " invoke host.xen installs); or set boot: pygrub",
     )
 
 

@@ -101,6 +101,7 @@ def check(
         )
 
     problems += _network(site, name, guest, root)
+    problems += boot_problems(name, guest.boot)
     if guest.memory > facts.memory:
         problems.append(
             Problem(
@@ -117,6 +118,26 @@ def check(
     if problems:
         raise BadInput.of(problems)
     return guest
+
+
+def boot_problems(name: str, boot: str, version=None) -> List[Problem]:
+    """pvh needs Xen 4.10 or newer. The version is `xl info`'s where Xen runs, else the installed
+    hypervisor package's (Xen installed, host not rebooted yet); unknown is refused too, since
+    a PVH guest on an older Xen does not start. `version`: ((major, minor) or None, source)."""
+    if boot != "pvh":
+        return []
+    found, source = version or xl.host_version()
+    since = ".".join(str(n) for n in xen_cfg.PVH_SINCE)
+    if found is None:
+        why = f"needs Xen {since} or newer, and this host's Xen version is unknown ({source})"
+    elif tuple(found) < xen_cfg.PVH_SINCE:
+        why = (
+            f"needs Xen {since} or newer; this host has Xen {found[0]}.{found[1]} ({source}),"
+            " which has no PVH guests: use boot: pvgrub"
+        )
+    else:
+        return []
+    return [Problem(f"guests.{name}.boot", boot, why)]
 
 
 def _network(site: Site, name: str, guest: GuestConfig, root: Path) -> List[Problem]:

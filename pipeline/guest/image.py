@@ -6,6 +6,11 @@ make a cache key; the entry `CACHE/PROFILE-KEY/` holds the extracted root tree (
 entry, extracts the tarball there (numeric owners, xattrs) and renames the directory into place
 under a per-profile lock: a failed or interrupted build never leaves a half entry. After a build,
 older entries of the same profile are removed, so the cache holds one tree per profile.
+
+With `images.source` (pxe.serve's /images/ on the install machine) an image is fetched instead
+of built: the source's index names each profile's key, tarball and SHA256; the tarball is
+downloaded next to the entry, checked, unpacked and renamed into place the same way, so a
+corrupted download is refused and leaves no entry, and a second call reuses the entry.
 """
 
 import json
@@ -29,7 +34,17 @@ from pipeline.guest.profiles import ImageProfile, profile_of
 from pipeline.runner import checked, run_checked
 
 FORMAT = 2  # bump when the build procedure (not its inputs) changes what an entry holds
-ELEMENTS_DIR = Path(__file__).resolve().parents[2] / "images" / "elements"
+
+
+def _elements_dir() -> Path:
+    """images/elements of the checkout; installed from a wheel (the zero-touch host), the one
+    beside the venv (/opt/xenlab/images/elements for /opt/xenlab/.venv)."""
+    checkout = Path(__file__).resolve().parents[2] / "images" / "elements"
+    beside_venv = Path(sys.prefix).resolve().parent / "images" / "elements"
+    return beside_venv if not checkout.is_dir() and beside_venv.is_dir() else checkout
+
+
+ELEMENTS_DIR = _elements_dir()
 PV_BOOT_ENV = ELEMENTS_DIR / "xenlab-pv-boot" / "environment.d" / "10-xenlab-pv-boot.bash"
 
 
@@ -453,6 +468,8 @@ def ensure(
     None when it would have to be built (the plan is said instead).
     """
     spec = profile_of(profile)
+    if images.source:
+        return fetch(spec.name, images.source, Path(images.cache_dir), say, rebuild, dry_run)
     plan = make_plan(spec, mirrors_for(spec, images))
     cache_dir = Path(images.cache_dir)
     entry = entry_path(cache_dir, plan)
@@ -508,4 +525,121 @@ def ensure(
                 say(f"removing the older {profile} image {other}")
                 remove_tree(other)
     say(f"built the {profile} image {plan.key} in {time.monotonic() - started:.0f} s ({entry})")
+    return _golden(entry, reused=False)
+
+
+# --- images.source: fetched from the install machine ------------------------------------------------
+_KEY = re.compile(r"^[0-9a-f]{16}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+FETCH_TIMEOUT = 900  # seconds: the server packs an image once before its first answer
+
+
+def _source_entry(source: str, profile: str) -> Dict[str, object]:
+    """The source's index record of `profile`: key, file, sha256, size (each checked)."""
+    import urllib.request
+
+    url = f"{source.rstrip('/')}/index.json"
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as resp:
+            index = json.loads(resp.read().decode())
+    except (OSError, ValueError) as exc:
+        raise Failed(f"cannot read the image source's index {url}: {exc}") from None
+    record = (index.get("images") or {}).get(profile) if isinstance(index, dict) else None
+    if not isinstance(record, dict):
+        raise Failed(f"the image source {source} has no {profile} image (its index: {url})")
+    key, sha, name = record.get("key"), record.get("sha256"), record.get("file")
+    if not (
+        isinstance(key, str) and _KEY.fullmatch(key)
+        and isinstance(sha, str) and _SHA256.fullmatch(sha)
+        and name == f"{profile}-{key}.tar"
+    ):  # fmt: skip
+        raise Failed(f"the image source's index {url} has a malformed {profile} record")
+    return record
+
+
+def _download(url: str, dest: Path, say: Callable[[str], None]) -> str:
+    """`url` into `dest`; its sha256."""
+    import hashlib
+    import urllib.request
+
+    digest = hashlib.sha256()
+    done, shown = 0, time.monotonic()
+    try:
+        resp = urllib.request.urlopen(url, timeout=FETCH_TIMEOUT)
+        with resp, open(str(dest), "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+                done += len(block)
+                if time.monotonic() - shown > 5:
+                    shown = time.monotonic()
+                    say(f"  {done >> 20} of {total >> 20} MiB")
+    except OSError as exc:
+        raise Failed(f"cannot fetch {url}: {exc}") from None
+    return digest.hexdigest()
+
+
+def fetch(
+    profile: str,
+    source: str,
+    cache_dir: Path,
+    say: Callable[[str], None] = _silent,
+    refetch: bool = False,
+    dry_run: bool = False,
+) -> Optional[GoldenImage]:
+    """The golden image of `profile` from `source` (pxe.serve's /images/): fetched, its SHA256
+    checked, unpacked into the cache; reused when the cache holds that key already."""
+    record = _source_entry(source, profile)
+    key = str(record["key"])
+    entry = Path(cache_dir) / f"{profile}-{key}"
+    url = f"{source.rstrip('/')}/{record['file']}"
+    if not refetch and _ready(entry):
+        say(f"reused the cached {profile} image {key} ({entry})")
+        return _golden(entry, reused=True)
+    if dry_run:
+        say(f"would fetch the {profile} image {key} from {url} ({record.get('size')} bytes),"
+            f" check its SHA256 and unpack it into {entry}")  # fmt: skip
+        return None
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Failed(f"cannot create images.cache_dir {cache_dir}: {exc.strerror}") from None
+    with chroot.locked(Path(cache_dir) / f".{profile}.lock"):
+        if not refetch and _ready(entry):
+            say(f"reused the cached {profile} image {key} ({entry})")
+            return _golden(entry, reused=True)
+        for stale in Path(cache_dir).glob(f".fetch-{profile}-*"):
+            remove_tree(stale)
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(dir=str(cache_dir), prefix=f".fetch-{profile}-{key}-"))
+        try:
+            tarball = tmp / "image.tar"
+            say(f"fetching the {profile} image {key} from {url}")
+            got = _download(url, tarball, say)
+            if got != record["sha256"]:
+                raise Failed(
+                    f"the {profile} image from {url} has SHA256 {got}, not {record['sha256']}"
+                    " as the source's index says: refused, nothing cached"
+                )
+            unpacked = tmp / "entry"
+            unpacked.mkdir(mode=0o755)
+            run_checked(
+                ["tar", "-C", str(unpacked), "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                 "-xpf", str(tarball)],
+            )  # fmt: skip
+            tarball.unlink()
+            meta = json.loads((unpacked / "image.json").read_text())
+            if meta.get("profile") != profile or meta.get("key") != key or not _ready(unpacked):
+                raise Failed(f"the {profile} image from {url} is not the {profile} image {key}")
+            if os.path.lexists(str(entry)):
+                remove_tree(entry)
+            os.rename(str(unpacked), str(entry))
+        finally:
+            remove_tree(tmp)
+        for other in entries(Path(cache_dir), profile):
+            if other != entry:
+                say(f"removing the older {profile} image {other}")
+                remove_tree(other)
+    say(f"fetched the {profile} image {key} in {time.monotonic() - started:.0f} s ({entry})")
     return _golden(entry, reused=False)

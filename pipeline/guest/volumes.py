@@ -8,6 +8,7 @@ volume stays unwritten: sparse in a file, untouched in an LV).
 import os
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,14 @@ def _sparse_file(runner: Runner, path: Path, size: int, folders: Set[Path]) -> N
                 if made.is_dir() and not any(made.iterdir()):
                     made.rmdir()
 
-        runner.change(f"create directory {folder}", lambda: folder.mkdir(parents=True), rmdirs)
+        runner.change(
+            f"create directory {folder}", lambda: folder.mkdir(parents=True), rmdirs, partial=True
+        )
+
+    before = []  # whether the file was there when make() began (O_EXCL then refuses it)
 
     def make() -> None:
+        before.append(path.exists())
         # 0600: the image holds the guest's whole filesystem; a sparse file takes no space yet.
         fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -91,7 +97,11 @@ def _sparse_file(runner: Runner, path: Path, size: int, folders: Set[Path]) -> N
         finally:
             os.close(fd)
 
-    runner.change(f"create sparse file {path} ({size} bytes)", make, path.unlink)
+    def undo() -> None:  # also when make() was cut short; never a file it did not create
+        if before == [False] and path.exists():
+            path.unlink()
+
+    runner.change(f"create sparse file {path} ({size} bytes)", make, undo, partial=True)
 
 
 def remove(runner: Runner, storage: StorageConfig, name: str) -> None:
@@ -195,15 +205,26 @@ def _debugfs(target: str, script: str) -> None:
 
 def _with_progress(argv: List[str], say: Callable[[str], None]) -> None:
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = start
-    while proc.poll() is None:
-        time.sleep(0.2)
-        now = time.monotonic()
-        if now - last >= 2:
-            last = now
-            say(f"  {_written(proc.pid) >> 20} MiB written ({now - start:.0f} s)")
-    out, err = proc.communicate()
+    # Output to files, not pipes: mkfs writing a long error into a full pipe would stall.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL)
+        try:
+            last = start
+            while proc.poll() is None:
+                time.sleep(0.2)
+                now = time.monotonic()
+                if now - last >= 2:
+                    last = now
+                    say(f"  {_written(proc.pid) >> 20} MiB written ({now - start:.0f} s)")
+        except BaseException:
+            # Interrupted (SIGTERM, Ctrl-C) or failing: mkfs stops with the task, before the
+            # rollback removes the volume it writes.
+            proc.kill()
+            proc.wait()
+            raise
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     checked(subprocess.CompletedProcess(argv, proc.returncode, out, err))
     say(f"  root filesystem written in {time.monotonic() - start:.1f} s")
 

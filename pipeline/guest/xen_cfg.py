@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jinja2
 
@@ -29,6 +29,23 @@ def link_path(root: Path, name: str) -> Path:
 
 
 LINK_TARGET = "../{name}.cfg"  # relative, so the link holds under --root too
+
+# How a guest boots (guests.NAME.boot) and the loader file each mode names as its kernel: GRUB's
+# Xen images from the Debian/Ubuntu package grub-xen-host. xl reads that file on the host when
+# it creates the domain; pygrub is xl's own helper and needs no path here.
+BOOTS = ("pvgrub", "pygrub", "pvh")
+LOADER_PACKAGE = "grub-xen-host"
+LOADERS = {
+    "pvgrub": "/usr/lib/grub-xen/grub-x86_64-xen.bin",
+    "pvh": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin",
+}
+PVH_SINCE = (4, 10)  # type = "pvh" came with Xen 4.10; bionic's 4.9 has no PVH
+
+
+def loader(boot: str) -> Optional[str]:
+    """The file `boot` names as the guest's kernel, or None (pygrub)."""
+    return LOADERS.get(boot)
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -69,6 +86,7 @@ class XlConfig:
     ip: ipaddress.IPv4Address
     mac: str
     bridge: str
+    boot: str = "pvgrub"
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "restart"
@@ -94,6 +112,8 @@ def problems(cfg: XlConfig) -> List[str]:
         found.append(f"mac {cfg.mac!r} is not a lower-case MAC address")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$", cfg.bridge):
         found.append(f"bridge {cfg.bridge!r} is not an interface name")
+    if cfg.boot not in BOOTS:
+        found.append(f"boot {cfg.boot!r} is not one of {', '.join(BOOTS)}")
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         if getattr(cfg, key) not in ACTIONS:
             found.append(f"{key} {getattr(cfg, key)!r} is not one of {', '.join(ACTIONS)}")
@@ -118,6 +138,8 @@ def render(cfg: XlConfig) -> str:
         vcpus=cfg.vcpus,
         disks=[d.spec() for d in cfg.disks],
         vif=f"ip={cfg.ip},mac={cfg.mac},bridge={cfg.bridge}",
+        boot=cfg.boot,
+        kernel=loader(cfg.boot) or "",
         on_poweroff=cfg.on_poweroff,
         on_reboot=cfg.on_reboot,
         on_crash=cfg.on_crash,
@@ -204,3 +226,75 @@ def autostart_names(root: Path) -> List[str]:
     """The guests linked in ROOT/etc/xen/auto."""
     auto = Path(root) / AUTO_DIR.lstrip("/")
     return sorted(p.name[: -len(".cfg")] for p in auto.glob("*.cfg")) if auto.is_dir() else []
+
+
+_DISK = re.compile(r"^\s*disk\s*=\s*\[(.*?)\]", re.S | re.M)
+
+
+def parse_disks(cfg_text: str) -> List[Dict[str, str]]:
+    """The `disk = [...]` entries of an xl.cfg as dicts: the key=value syntax ours uses, and the
+    positional 'TARGET,FORMAT,VDEV,ACCESS' one (xl-disk-configuration(5)) hand-made ones may."""
+    match = _DISK.search(cfg_text)
+    if not match:
+        return []
+    disks = []
+    for single, double in _QUOTED.findall(match.group(1)):
+        spec = single or double
+        parts = [p.strip() for p in spec.split(",")]
+        if all("=" in p for p in parts if p):
+            disks.append({k.strip(): v.strip() for k, _, v in (p.partition("=") for p in parts)})
+        else:  # positional: target, format, vdev, access
+            keys = ("target", "format", "vdev", "access")
+            disks.append({k: v for k, v in zip(keys, parts) if v})
+    return disks
+
+
+def cfg_boot(cfg_text: str) -> str:
+    """How a cfg boots: pygrub (a bootloader line), pvh, pvgrub (GRUB's Xen image as kernel)."""
+    if re.search(r"^\s*bootloader\s*=", cfg_text, re.M):
+        return "pygrub"
+    if re.search(r"""^\s*type\s*=\s*["']pvh["']""", cfg_text, re.M):
+        return "pvh"
+    kernel = re.search(r"""^\s*kernel\s*=\s*["']([^"']*)["']""", cfg_text, re.M)
+    if kernel and "grub" in kernel.group(1).rsplit("/", 1)[-1]:
+        return "pvgrub"
+    return f"kernel {kernel.group(1)}" if kernel else "-"
+
+
+def set_autostart(runner, root: Path, name: str, on: bool) -> bool:
+    """Make /etc/xen/auto/NAME.cfg (under `root`) link to ../NAME.cfg, or remove it; whether that
+    changed anything. A link somewhere else, or a copy, is replaced by ours (--on) or removed
+    (--off): xendomains would start whatever it names."""
+    link = link_path(root, name)
+    present = link.is_symlink() or link.exists()
+    good = present and link.is_symlink() and os.readlink(str(link)) == LINK_TARGET.format(name=name)
+    if on and good:
+        return False
+    if not on and not present:
+        return False
+    if present:
+        old_target = os.readlink(str(link)) if link.is_symlink() else None
+        old_bytes = None if link.is_symlink() else link.read_bytes()
+
+        def restore() -> None:
+            if old_target is not None:
+                link.symlink_to(old_target)
+            else:
+                link.write_bytes(old_bytes or b"")
+
+        runner.change(f"remove {link}", link.unlink, restore)
+    if on:
+        target = LINK_TARGET.format(name=name)
+        made = not link.parent.is_dir()
+
+        def make() -> None:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target)
+
+        def undo() -> None:
+            link.unlink()
+            if made and not any(link.parent.iterdir()):
+                link.parent.rmdir()
+
+        runner.change(f"link {link} -> {target}", make, undo)
+    return True

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from pipeline import lvm, units, xl
 from pipeline.config import HostConfig
 from pipeline.errors import Failed
+from pipeline.guest import xen_cfg
 
 XEN_TASK = "invoke host.xen"
 XEN_FIX = XEN_TASK + ", then reboot into Xen"
@@ -41,6 +42,10 @@ class Facts:
     storage_kind: str = "lvm"  # 'dir': guests' disks are files under storage_dir, no VG
     storage_dir: str = ""
     storage_dir_exists: bool = False
+    # /etc/default/xendomains (None: not there, so no Xen tools: the Xen lines say so) and the
+    # policy the site asks for (host.xen.on_shutdown)
+    xendomains: Optional[str] = None
+    on_shutdown: str = "shutdown"
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,19 @@ def evaluate(facts: Facts) -> List[Line]:
         )
     )
 
+    if facts.xendomains is not None:
+        policy = xen.read_xendomains(facts.xendomains)
+        holds = policy.on_shutdown == facts.on_shutdown and policy.auto_dir == xen_cfg.AUTO_DIR
+        lines.append(
+            Line(
+                "xendomains policy",
+                holds,
+                policy.describe()
+                + ("" if holds else f" (the site asks for on_shutdown: {facts.on_shutdown})"),
+                None if holds else XEN_TASK,
+            )
+        )
+
     up = facts.bridge_exists and facts.bridge_state.startswith("up")
     lines.append(
         _line(
@@ -224,6 +242,7 @@ def gather(host: HostConfig, netns: Optional[str] = None) -> Facts:
     from pyroute2 import IPRoute
 
     from netlink import namespace, state
+    from pipeline.host import xen
 
     with namespace.inside(netns):
         with IPRoute() as ipr:
@@ -247,6 +266,8 @@ def gather(host: HostConfig, netns: Optional[str] = None) -> Facts:
         storage_kind=host.storage.kind,
         storage_dir=host.storage.dir,
         storage_dir_exists=Path(host.storage.dir).is_dir(),
+        xendomains=_read(xen.XENDOMAINS),
+        on_shutdown=host.xen.on_shutdown,
     )
 
 

@@ -30,6 +30,7 @@ class Partition:
     start: int  # sectors
     size: int  # sectors
     type: str
+    name: str = ""  # the GPT partition name (msdos tables have none)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,14 @@ def parse_table(text: str) -> Table:
     """`sfdisk --json DEV` output."""
     pt = json.loads(text)["partitiontable"]
     parts = [
-        Partition(p["node"], _number(p["node"]), int(p["start"]), int(p["size"]), p["type"])
+        Partition(
+            p["node"],
+            _number(p["node"]),
+            int(p["start"]),
+            int(p["size"]),
+            p["type"],
+            p.get("name", ""),
+        )  # fmt: skip
         for p in pt.get("partitions", [])
     ]
     # sfdisk before 2.35 (Ubuntu 18.04 has 2.31) does not say; 0 then, read_table asks the kernel.
@@ -167,15 +175,21 @@ def wait_for_node(node: str, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def append(runner: Runner, table: Table, region: Region, size_sectors: int) -> str:
+def append(
+    runner: Runner, table: Table, region: Region, size_sectors: int, name: Optional[str] = None
+) -> str:
     """A new Linux LVM partition at the start of `region`, `size_sectors` long; its device node.
 
-    Deleted again on rollback. sfdisk only appends: the existing entries are written back as read.
+    `name` is the GPT partition name (a plain word; msdos tables have no names).
+
+    Deleted again on rollback, also when this step itself was cut short. sfdisk only appends: the
+    existing entries are written back as read.
     """
     device = table.device
     number = _next_number(table)
     node = partition_node(device, number)
-    line = f"start={region.start}, size={size_sectors}, type={LVM_TYPE[table.label]}\n"
+    line = f"start={region.start}, size={size_sectors}, type={LVM_TYPE[table.label]}"
+    line += f', name="{name}"\n' if name and table.label == "gpt" else "\n"
 
     # Never wipe: whatever is in the free space stays, and pvcreate then refuses it.
     argv = ["sfdisk", "--no-reread", "--wipe", "never", "--wipe-partitions", "never"]
@@ -190,13 +204,20 @@ def append(runner: Runner, table: Table, region: Region, size_sectors: int) -> s
         wait_for_node(node)
 
     def undo() -> None:
+        # Registered before sfdisk runs, so it also runs when sfdisk, partx or the wait for the
+        # node failed or was interrupted: it removes only what is there of this run's partition.
+        now = read_table(device)
         if table.new:  # back to blank: the label this run wrote goes (PMBR, GPT and its backup)
-            _run(["wipefs", "--all", "--quiet", device])
+            if now is not None or signatures(device):
+                _run(["wipefs", "--all", "--quiet", device])
             # wipefs had the kernel re-read the (now absent) table; partx -u would find none.
             subprocess.run(["partx", "-d", device], capture_output=True)
-        else:
+            return
+        if now is not None and any(
+            p.number == number and p.start == region.start for p in now.partitions
+        ):
             _run(["sfdisk", "--delete", "--no-reread", device, str(number)])
-            reread(device)
+        reread(device)
 
     size = units.human(region.sector_size * size_sectors)
     label = f"a new {table.label} label on blank {device} with " if table.new else ""
@@ -204,6 +225,7 @@ def append(runner: Runner, table: Table, region: Region, size_sectors: int) -> s
         f"create {label}partition {node} (Linux LVM, {size} at sector {region.start} of {device})",
         do,
         undo,
+        partial=True,
     )
     return node
 

@@ -139,12 +139,66 @@ def _image_dir(config: StorageConfig, runner: Runner) -> Result:
     """kind 'dir': no LVM, the guests' disks are files; only their directory is made."""
     target = runner.path(config.dir)
     if not target.is_dir():
+        missing = [p for p in reversed(target.parents) if not p.exists()] + [target]
+
+        def undo() -> None:  # also after a mkdir cut short: only the empty folders it made
+            for made in reversed(missing):
+                if made.is_dir() and not any(made.iterdir()):
+                    made.rmdir()
+
         runner.change(
             f"create directory {target} for the guests' disk images",
             lambda: target.mkdir(parents=True, mode=0o700),
-            lambda: target.rmdir(),
+            undo,
+            partial=True,
         )
     return Result(str(target), "", "", bool(runner.changes), [])
+
+
+def owner_name(volume_group: str) -> str:
+    """The GPT name host.storage gives the partition it makes for `volume_group` (at most 36)."""
+    return f"xenlab-{volume_group}"[:36]
+
+
+def _left_over(config: StorageConfig, device: str) -> Optional[partitions.Partition]:
+    """The partition an earlier run made for this VG and did not finish (killed with SIGKILL, the
+    power gone): a Linux LVM partition of this disk with host.storage's GPT name for the VG, blank
+    or a PV in no VG. None when there is none (then a new partition is made)."""
+    table = partitions.read_table(device)
+    if table is None or table.label != "gpt":
+        return None
+    for part in table.partitions:
+        if part.name != owner_name(config.volume_group) or part.type != partitions.LVM_TYPE["gpt"]:
+            continue
+        if not os.path.exists(part.node):
+            # Killed between sfdisk and partx: the kernel has not seen it yet (harmless to tell:
+            # the table on the disk is what it is).
+            partitions.reread(device)
+            partitions.wait_for_node(part.node)
+        found = partitions.signatures(part.node)
+        rows = [
+            r
+            for r in lvm.pvs()
+            if os.path.exists(r["pv_name"]) and _real(r["pv_name"]) == _real(part.node)
+        ]
+        if not found or (found.get("TYPE") == "LVM2_member" and rows and not rows[0]["vg_name"]):
+            return part
+    return None
+
+
+def _adopt(config: StorageConfig, device: str, runner: Runner) -> str:
+    """Finish what an interrupted run started on its own partition: the PV, then the VG."""
+    part = _left_over(config, device)
+    assert part is not None
+    runner.say(
+        f"{part.node} was made by an earlier host.storage for {config.volume_group} that did not"
+        " finish (its GPT name says so): finishing it"
+    )
+    with runner.transaction():
+        if not partitions.signatures(part.node):
+            lvm.pvcreate(runner, part.node)
+        lvm.vgcreate(runner, config.volume_group, [part.node])
+    return part.node
 
 
 def configure(config: StorageConfig, runner: Runner) -> Result:
@@ -170,10 +224,12 @@ def configure(config: StorageConfig, runner: Runner) -> Result:
             lvm.pvcreate(runner, device)
             lvm.vgcreate(runner, name, [device])
         pv = device
+    elif _left_over(config, device) is not None:
+        pv = _adopt(config, device, runner)
     else:
         table, region, sectors = _plan_partition(config, device)
         with runner.transaction():
-            pv = partitions.append(runner, table, region, sectors)
+            pv = partitions.append(runner, table, region, sectors, owner_name(name))
             lvm.pvcreate(runner, pv)
             lvm.vgcreate(runner, name, [pv])
     facts = [] if runner.dry_run else lvm.pv_facts(name)

@@ -10,6 +10,13 @@ Xen hypervisor"). That is a conffile, so xenlab does not edit it: it writes its 
 locale) and which sets GRUB_DEFAULT the same way, from the same GRUB_DISTRIBUTOR and gettext
 translation as 20_linux_xen's title. Being read last, it wins over /etc/default/grub and xen.cfg.
 
+The guests' loader comes with it: grub-xen-host, whose GRUB Xen images are the kernel= of the
+pvgrub and pvh guests guest.build writes. And the policy for running guests at host shutdown is
+set explicitly in /etc/default/xendomains, the file the xendomains init script of Debian's and
+Ubuntu's xen-utils-common reads (host.xen.on_shutdown): by default the package saves every
+running guest's memory to /var/lib/xen/save and restores it at boot; xenlab's default is a clean
+shutdown, after which the /etc/xen/auto links start the guests again.
+
 With --root DIR the work happens in a chroot: apt-get and update-grub run inside DIR in a private
 mount and PID namespace (pipeline.chroot.chroot_argv), where /proc, /sys and /dev are mounted
 for them; those mounts vanish with the namespace, also when a command fails.
@@ -27,6 +34,7 @@ import jinja2
 from pipeline import chroot, units
 from pipeline.config import XenConfig
 from pipeline.errors import BadInput, Failed
+from pipeline.guest import xen_cfg
 from pipeline.runner import Runner, checked
 
 # The hypervisor package of each release (what `apt install` the lab uses there).
@@ -41,6 +49,24 @@ GRUB_FILE = "/etc/default/grub.d/xenlab.cfg"
 XL_CONF = "/etc/xen/xl.conf"
 GRUB_CFG = "/boot/grub/grub.cfg"
 POLICY_RC = "/usr/sbin/policy-rc.d"
+XENDOMAINS = "/etc/default/xendomains"
+SAVE_DIR = "/var/lib/xen/save"
+# The keys of /etc/default/xendomains for each policy. Debian's init script (the one bionic's and
+# bookworm's xen-utils-common ship) skips restoring only when XENDOMAINS_RESTORE is empty (it
+# tests `-n`, so "false" would mean restore); the upstream script restores only on "true". An
+# empty value is "no" to both, and with XENDOMAINS_SAVE empty nothing is saved in the first place.
+XENDOMAINS_KEYS = {
+    "shutdown": {
+        "XENDOMAINS_SAVE": '""',
+        "XENDOMAINS_RESTORE": '""',
+        "XENDOMAINS_AUTO": xen_cfg.AUTO_DIR,
+    },
+    "save": {
+        "XENDOMAINS_SAVE": SAVE_DIR,
+        "XENDOMAINS_RESTORE": "true",
+        "XENDOMAINS_AUTO": xen_cfg.AUTO_DIR,
+    },
+}
 # Proxy settings apt in the chroot needs where the host needs them.
 PASS_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
@@ -73,6 +99,9 @@ class Result:
     installed: bool  # the package is installed (after this run; as found in dry-run)
     grub_default: Optional[str]  # `set default=` of grub.cfg
     xen_entries: List[str]  # titles of grub.cfg's top-level entries that boot Xen
+    loader: str = xen_cfg.LOADER_PACKAGE
+    loader_installed: bool = False
+    on_shutdown: str = "shutdown"  # the xendomains policy written (see XENDOMAINS_KEYS)
 
 
 def os_release(root: Path) -> Dict[str, str]:
@@ -203,13 +232,70 @@ def _no_services(root: Path):
     return lambda: path.unlink() if path.exists() else None
 
 
-def install(root: Path, package: str) -> None:
+def install(root: Path, *packages: str) -> None:
     remove_policy = _no_services(root)
     try:
         _in_root(root, ["apt-get", "update", "-q"])
-        _in_root(root, ["apt-get", "install", "-y", "-q", package])
+        _in_root(root, ["apt-get", "install", "-y", "-q", *packages])
     finally:
         remove_policy()
+
+
+@dataclass(frozen=True)
+class XendomainsPolicy:
+    """What /etc/default/xendomains makes xendomains do, read as sh would read the file."""
+
+    on_shutdown: str  # 'shutdown' or 'save'
+    save_dir: str
+    restore: bool
+    auto_dir: str
+
+    def describe(self) -> str:
+        if self.on_shutdown == "save":
+            restored = "restored at boot" if self.restore else "not restored at boot"
+            first = f"running guests are saved to {self.save_dir} at host shutdown, {restored}"
+        else:
+            first = "running guests are shut down cleanly at host shutdown"
+        auto = f"{self.auto_dir} starts its guests at boot" if self.auto_dir else "no autostart"
+        return f"{first}; {auto}"
+
+
+def _sh_values(text: str) -> Dict[str, str]:
+    """KEY=VALUE assignments of a shell defaults file (last one wins), quotes removed."""
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if match:
+            value = match.group(2).split(" #", 1)[0].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            values[match.group(1)] = value
+    return values
+
+
+def read_xendomains(text: str) -> XendomainsPolicy:
+    values = _sh_values(text)
+    save = values.get("XENDOMAINS_SAVE", "")
+    restore = values.get("XENDOMAINS_RESTORE", "")
+    return XendomainsPolicy(
+        on_shutdown="save" if save else "shutdown",
+        save_dir=save,
+        # Restored only where both readings of the script agree: Debian's (-n) and upstream's.
+        restore=bool(save) and restore == "true",
+        auto_dir=values.get("XENDOMAINS_AUTO", ""),
+    )
+
+
+def set_xendomains(text: str, on_shutdown: str) -> str:
+    """`text` (/etc/default/xendomains) with the keys of `on_shutdown`; the rest kept as it is."""
+    if not text:
+        text = (
+            "# Written by xenlab (invoke host.xen): what xendomains does with running guests\n"
+            "# when the host shuts down and boots (host.xen.on_shutdown).\n"
+        )
+    for key, value in XENDOMAINS_KEYS[on_shutdown].items():
+        text = set_xl_key(text, key, value)
+    return text
 
 
 def _preflight(root: Path) -> None:
@@ -239,14 +325,22 @@ def configure(config: XenConfig, runner: Runner) -> Result:
     release, package = package_for(config, root)
     _preflight(root)
     installed = dpkg_installed(root, package)
+    loader = xen_cfg.LOADER_PACKAGE
+    loader_installed = dpkg_installed(root, loader)
     mem = mem_arg(config.dom0_mem)
 
     with runner.transaction():
         if not installed:
             # An installed package is left in place on rollback: apt removal is not an undo.
+            # The guests' loader comes in the same apt run.
+            packages = [package] + ([] if loader_installed else [loader])
             if not runner.dry_run:
                 runner.say(f"installing {package} into {root} with apt-get (a few minutes)")
-            runner.change(f"install {package} (apt-get in {root})", lambda: install(root, package))
+            runner.change(
+                f"install {', '.join(packages)} (apt-get in {root})",
+                lambda: install(root, *packages),
+            )
+            loader_installed = True
         changed = runner.write_file(GRUB_FILE, grub_snippet(config.dom0_mem))
         xl_conf = runner.path(XL_CONF)
         if runner.dry_run and not installed and not xl_conf.is_file():
@@ -256,11 +350,17 @@ def configure(config: XenConfig, runner: Runner) -> Result:
             old = xl_conf.read_text() if xl_conf.is_file() else ""
             new = set_xl_key(old, "autoballoon", '"off"')
             changed = runner.write_file(XL_CONF, new) or changed
+        _set_xendomains(runner, config.on_shutdown, installed)
         default, xen = _grub_state(root)
         if not installed or changed or not (default and default in xen):
             runner.change(f"run update-grub in {root}", lambda: _in_root(root, ["update-grub"]))
+        if not loader_installed:
+            # Xen was there already: only the guests' loader is missing. Last, as dom0's own
+            # boot does not depend on it.
+            runner.change(f"install {loader} (apt-get in {root})", lambda: install(root, loader))
     if not runner.dry_run:
         installed = dpkg_installed(root, package)
+        loader_installed = dpkg_installed(root, loader)
         default, xen = _grub_state(root)
         if default not in xen:
             # The files are right, but GRUB made no Xen entry its default (no kernel in /boot?).
@@ -268,4 +368,20 @@ def configure(config: XenConfig, runner: Runner) -> Result:
                 f"after update-grub, {root / GRUB_CFG.lstrip('/')} boots {default!r} by default;"
                 f" its Xen entries: {', '.join(repr(t) for t in xen) or 'none'}"
             )
-    return Result(str(root), release, package, mem, installed, default, xen)
+    return Result(
+        str(root), release, package, mem, installed, default, xen, loader,
+        loader_installed, config.on_shutdown,
+    )  # fmt: skip
+
+
+def _set_xendomains(runner: Runner, on_shutdown: str, installed: bool) -> None:
+    """The xendomains policy in /etc/default/xendomains: the package's file with our keys, or
+    (no file after the install) a file of our keys alone."""
+    path = runner.path(XENDOMAINS)
+    if runner.dry_run and not installed and not path.is_file():
+        runner.change(
+            f"set the xendomains policy ({on_shutdown}) in {path}, once the package made it", _noop
+        )
+        return
+    old = path.read_text() if path.is_file() else ""
+    runner.write_file(XENDOMAINS, set_xendomains(old, on_shutdown))
