@@ -56,27 +56,24 @@ def exits(fn):
 # skips without a word, a YAML error, a section that is not a mapping or an INVOKE_* value of the
 # wrong type end in its traceback. So the same load is done here first, at import, with Invoke's
 # own Config; the -f path comes from Invoke's parsed core flags (Program.args, invoke.main.program).
-def _plain(node):
-    return {k: _plain(node[k]) for k in node} if hasattr(node, "keys") else node
-
-
 def _config_problems(runtime_path, environ) -> list:
-    """[(field, value, reason)] for what would stop Invoke loading its config; [] when it loads."""
+    """The Problems that would stop Invoke loading its config; [] when it loads."""
     import os
 
     from invoke import Config
+
+    from pipeline import config_layers as layers
+    from pipeline.errors import Problem
 
     config = Config(project_location=str(Path(__file__).parent), runtime_path=runtime_path)
     try:
         config.load_project()
     except Exception as exc:  # invoke.yaml itself: the project's own file
-        return [("invoke.yaml", None, f"does not load: {exc}")]
-    project = _plain(config)
+        return [Problem("invoke.yaml", None, f"does not load: {exc}")]
+    project = layers.plain(config)
     if runtime_path is not None:
-        where = f"-f {runtime_path}"
         if not os.path.isfile(runtime_path):
-            why = "is not a file" if os.path.exists(runtime_path) else "does not exist"
-            return [("-f", runtime_path, f"{why}: no site file was read, so nothing is done")]
+            return [layers.missing_file_problem(runtime_path, os.path.exists(runtime_path))]
         try:
             config.load_runtime(merge=False)
         except Exception as exc:  # YAML or JSON syntax, an unknown file type
@@ -84,79 +81,13 @@ def _config_problems(runtime_path, environ) -> list:
             at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             kind = Path(runtime_path).suffix[1:].upper()
-            return [("-f", runtime_path, f"is not valid {kind}{at}: {reason}")]
-        data = config._runtime  # what Invoke loaded; merged below as Invoke does
-        if data is not None and not isinstance(data, dict):
-            what = type(data).__name__
-            return [("-f", runtime_path, f"holds a {what}, not a mapping of sections (host:...)")]
-        problems = []
-
-        def compare(mine, theirs, path):
-            for key, value in (mine or {}).items():
-                dotted = ".".join(path + [str(key)])
-                if isinstance(theirs.get(key), dict) and not isinstance(value, dict):
-                    problems.append(
-                        (f"{where}: {dotted}", value, "must be a mapping, as in invoke.yaml")
-                    )
-                elif isinstance(value, dict) and isinstance(theirs.get(key), dict):
-                    compare(value, theirs[key], path + [str(key)])
-                elif isinstance(value, dict) and key in theirs and theirs[key] is not None:
-                    problems.append(
-                        (f"{where}: {dotted}", value, "is a mapping; invoke.yaml's is a value")
-                    )
-
-        compare(data, project, [])
+            return [Problem("-f", runtime_path, f"is not valid {kind}{at}: {reason}")]
+        # Invoke keeps what it loaded from -f in _runtime until it merges it
+        problems = layers.site_file_problems(runtime_path, config._runtime, project)
         if problems:
             return problems
         config.merge()
-    problems = []
-
-    def walk(node, path):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, path + [key])
-                continue
-            name = "INVOKE_" + "_".join(path + [key]).upper()
-            if name not in environ or isinstance(value, (str, bool)) or value is None:
-                continue
-            raw = environ[name]
-            dotted = ".".join(path + [key])
-            if isinstance(value, (list, tuple)):
-                problems.append((name, raw, f"sets {dotted}, a list: set it in a -f site file"))
-                continue
-            try:
-                type(value)(raw)
-            except (TypeError, ValueError):
-                kind = {int: "a whole number", float: "a number"}.get(
-                    type(value), type(value).__name__
-                )
-                problems.append((name, raw, f"sets {dotted}, which is {kind} (such as {value!r})"))
-
-    merged = _plain(config)
-    walk(merged, [])
-    # Invoke ignores a variable that names no setting it knows (INVOKE_HOST_SUBNTE=...): for
-    # xenlab's sections that is a typo whose value is silently not applied, so it is refused.
-    known = set()
-
-    def names(node, path):
-        for key, value in node.items():
-            known.add("INVOKE_" + "_".join(path + [key]).upper())
-            if isinstance(value, dict):
-                names(value, path + [key])
-
-    names(merged, [])
-    sections = tuple(f"INVOKE_{s.upper()}_" for s in ("host", "install", "pxe", "images", "guests"))
-    for name in sorted(environ):
-        if name.startswith(sections) and name not in known:
-            problems.append(
-                (
-                    name,
-                    environ[name],
-                    "names no setting (a typo? Invoke would ignore it); a"
-                    " setting missing from every config file is set with -f, not the environment",
-                )
-            )
-    return problems
+    return layers.environment_problems(layers.plain(config), environ)
 
 
 def _check_config_first() -> None:
@@ -171,8 +102,7 @@ def _check_config_first() -> None:
     path = flag if flag is not None else os.environ.get("INVOKE_RUNTIME_CONFIG")
     problems = _config_problems(path, os.environ)
     if problems:
-        lines = [str(BadInput(*p).problems[0]) for p in problems]
-        raise Exit("bad input:\n  " + "\n  ".join(lines), code=2)
+        raise Exit("bad input:\n  " + "\n  ".join(str(p) for p in problems), code=2)
 
 
 _check_config_first()
