@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from pipeline.errors import Failed
+from pipeline.runner import checked
 
 EXPORT = ".export"
 INDEX = "index.json"
@@ -85,8 +85,7 @@ def export(entry: Path, say: Callable[[str], None] = _silent) -> Dict[str, objec
                         digest.update(block)
                         out.write(block)
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                if proc.wait() != 0:
-                    raise Failed(f"tar of {entry} exited {proc.returncode}: {err.strip()}")
+                checked(subprocess.CompletedProcess("tar", proc.wait(), "", err), f"tar of {entry}")
                 os.replace(str(tmp), str(tarball))
             except BaseException:
                 proc.kill()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from pipeline.errors import Failed
-from pipeline.runner import Runner
+from pipeline.runner import Runner, checked
 
 DIR = "wheelhouse"  # in the boot tree; served at /wheelhouse/
 APP = "xenlab-app.tar.gz"
@@ -94,9 +94,8 @@ def _pip(args: List[str], env: Optional[Dict[str, str]] = None, say=None) -> Non
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        raise Failed(f"pip {' '.join(args[:1])} exited {proc.returncode}:\n{tail}")
+    tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+    checked(subprocess.CompletedProcess(argv, proc.returncode, tail), f"pip {' '.join(args[:1])}")
 
 
 def _requirements(wheel: Path) -> Tuple[str, List[str]]:

@@ -7,6 +7,7 @@ remove are about files and volumes, so they also work where Xen does not run (no
 running there). Changes go through the runner: --dry-run says what would happen.
 """
 
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline.config import GuestConfig, Site
 from pipeline.errors import BadInput, Failed
 from pipeline.guest import volumes, xen_cfg
 from pipeline.guest.build import STATE_DIR  # per guest: seed.iso, root-password, known_hosts
-from pipeline.runner import Runner
+from pipeline.runner import Runner, checked
 
 NOT_XEN = (
     "Xen is not running here: xl info does not answer (no hypervisor, or no xl);"
@@ -54,13 +55,15 @@ def domain(name: str) -> Optional[xl.Domain]:
     return xl.find(xl.parse_list(answer.out), name) if answer.ok else None
 
 
-def _xl(*args: str, timeout: Optional[float] = None) -> xl.Answer:
-    """xl ARGS that must work: Failed with xl's own words otherwise."""
-    answer = xl.call(*args, timeout=timeout)
-    if not answer.ok:
-        said = (answer.err or answer.out).strip()
-        raise Failed(f"xl {' '.join(args)} exited {answer.code}" + (f": {said}" if said else ""))
+def _must(answer: xl.Answer, what: str) -> xl.Answer:
+    """`answer` if xl succeeded; Failed with xl's own words otherwise (the runner's one message)."""
+    checked(subprocess.CompletedProcess(what, answer.code, answer.out, answer.err), what)
     return answer
+
+
+def _xl(*args: str, timeout: Optional[float] = None) -> xl.Answer:
+    """xl ARGS that must work."""
+    return _must(xl.call(*args, timeout=timeout), f"xl {' '.join(args)}")
 
 
 def _cfg(runner: Runner, name: str) -> Path:
@@ -106,8 +109,7 @@ def start(
         if not answer.ok and "already exists" in answer.err and wait(name, guest.stop_timeout):
             # The old domain went between our look and xl's (or xl saw its last moments).
             answer = xl.call("create", str(cfg))
-        if not answer.ok:
-            raise Failed(f"xl create {cfg} exited {answer.code}: {answer.err.strip()}")
+        _must(answer, f"xl create {cfg}")
 
     runner.change(f"start {name} (xl create {cfg})", create)
     return Done(name, True, f"{name} {'would be ' if runner.dry_run else ''}started")
@@ -171,8 +173,7 @@ def stop(
                     f" guest.console --name {name}, or destroy it with invoke guest.stop"
                     f" --name {name} --force"
                 )
-            if not answer.ok:
-                raise Failed(f"xl shutdown -w {name} exited {answer.code}: {answer.err.strip()}")
+            _must(answer, f"xl shutdown -w {name}")
 
         runner.change(f"shut {name} down (xl shutdown -w, up to {limit} s)", shutdown)
     if not runner.dry_run:

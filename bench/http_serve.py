@@ -1,6 +1,6 @@
 """HTTP: pxe.serve's server against `python -m http.server`, 20 clients fetching an initrd at once.
 
-    .venv/bin/python bench/http.py [--size-mb 40] [--clients 20] [--rounds 3]
+    .venv/bin/python bench/http_serve.py [--size-mb 40] [--clients 20] [--rounds 3]
 
 Over loopback, on one file of --size-mb (Debian 12's netboot initrd is 40 MB) under
 installers/: pxe/http.py's HttpServer (in its own process, as pxe.serve runs it), then Python's
@@ -11,26 +11,22 @@ round. Prints, per run, the wall time (all clients done), the slowest client's t
 total MB/s; then the medians and the ratios. Checks that xenlab's answer has Content-Length.
 """
 
+import argparse
+import http.client
+import os
+import shutil
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
-# This file is bench/http.py: run as a script, its folder comes first on sys.path and would
-# shadow the standard library's http package.
+from processes import stop
+
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import http.client  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
 REPO = _HERE.parent
 PATH = "installers/debian-12/initrd.gz"
 
@@ -77,16 +73,6 @@ def start_stdlib(root: Path, port: int) -> subprocess.Popen:
     )  # fmt: skip
     wait_listening(port, proc)
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def run_clients(port: int, n: int, size: int) -> dict:
