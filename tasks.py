@@ -660,6 +660,8 @@ def pxe_status(c, root=None):
                 f" asked for again from {refused.get('from')} at {refused.get('at')} (refused)"
             )
     for mac in sorted(hosts):
+        if hosts[mac].get("history"):
+            console.say(f"{mac}: {', '.join(progress.way(hosts[mac]))}")
         lines = progress.last_lines(hosts[mac])
         if lines:
             console.say(f"{mac} {progress.describe(hosts[mac])}, its last log lines:")
@@ -953,16 +955,27 @@ def guest_unpause(c, name=None, dry_run=False):
     _done(lifecycle.pause(_guest(c, name), name, runner_for(dry_run, None), on=False))
 
 
-@task(name="console", help={"name": GUEST_HELP["name"]})
+@task(
+    name="console",
+    help={
+        "name": GUEST_HELP["name"],
+        "log": "print the end of the console's log (xenconsoled's file) instead of attaching",
+        "root": GUEST_HELP["root"],
+    },
+)
 @exits
-def guest_console(c, name=None):
-    """Attach to a guest's console (xl console); Ctrl-] leaves it."""
+def guest_console(c, name=None, log=False, root=None):
+    """Attach to a guest's console (xl console); Ctrl-] leaves it. --log prints its log."""
     import os
     import shutil
     import sys
 
     from pipeline.guest import lifecycle
 
+    if log:
+        for line in lifecycle.console_log(_guest(c, name), name, runner_for(False, root).root):
+            print(line)
+        return
     argv = lifecycle.console(_guest(c, name), name)
     print(f"{name}'s console (xl console {name}); Ctrl-] leaves it", file=sys.stderr, flush=True)
     os.execv(shutil.which(argv[0]) or argv[0], argv)
@@ -1076,6 +1089,181 @@ def guest_remove(c, name=None, yes=False, root=None, dry_run=False):
     console.say(f"nothing was removed{'' if yes else ': add --yes to remove these'}")
 
 
+# --- fleet.deploy, fleet.run, fleet.status, fleet.provision: every host of fleet.hosts over SSH ---
+FLEET_HELP = {"hosts": "only these hosts of fleet.hosts, comma-separated (default: all of them)"}
+
+
+def _fleet(c, hosts):
+    """The site and its fleet: every host's site file read and checked across the fleet (bad
+    input is exit 2 here, before any connection)."""
+    from pipeline.config import load_site
+    from pipeline.fleet import inventory
+
+    site = load_site(c.config)
+    return site, inventory.load(site.fleet, hosts)
+
+
+def _fleet_end(results, title: str, blocks: bool = True) -> None:
+    """Each host's block, the summary table, and the exit code: 0 all ok, 2 any bad input, else 1."""
+    from pipeline import console
+    from pipeline.fleet import run as remote
+
+    for result in results if blocks else ():
+        for line in remote.block(result):
+            console.say(line)
+    console.table(title, remote.SUMMARY_COLUMNS, remote.summary_rows(results))
+    code = remote.exit_code(results)
+    if code:
+        failed = [f"{r.host} ({r.status})" for r in results if not r.ok]
+        raise Exit(
+            f"failed on {len(failed)} of {len(results)} hosts: {', '.join(failed)}", code=code
+        )
+
+
+@task(
+    name="deploy",
+    help={
+        **FLEET_HELP,
+        "wheelhouse": "the wheelhouse folder to install from (default: pxe.build's for"
+        " install.profile, else one built for each host's install.profile)",
+    },
+)
+@exits
+def fleet_deploy(c, hosts=None, wheelhouse=None):
+    """Install or upgrade xenlab and its site file on every host of fleet.hosts, from the wheelhouse.
+
+    As the install's late setup: the wheelhouse and the host's own site file are copied over SSH,
+    xenlab is installed from them into /opt/xenlab/.venv with pip --no-index (the host needs no
+    package index), the site file goes to /etc/xenlab/site.yaml. A host that has this wheelhouse
+    and site file already says "no changes".
+    """
+    from pipeline import console
+    from pipeline.fleet import deploy
+
+    site, fleet_ = _fleet(c, hosts)
+    _fleet_end(deploy.deploy(fleet_, site, wheelhouse, console.say), "fleet.deploy")
+
+
+def _remainder() -> str:
+    """What follows `--` on the command line (Invoke's parser keeps it for the program)."""
+    try:
+        from invoke.main import program
+
+        return program.core.remainder or ""
+    except Exception:  # not run by Invoke's own program
+        return ""
+
+
+@task(
+    name="run",
+    positional=["task_name"],
+    help={
+        "task_name": "the xenlab task to run on each host, e.g. host.check; its flags go after"
+        " --, e.g. fleet.run guest.start -- --name guest-01",
+        **FLEET_HELP,
+    },
+)
+@exits
+def fleet_run(c, task_name=None, hosts=None):
+    """Run one xenlab task on every host at once, each with its own site file.
+
+    `invoke fleet.run host.network` runs `invoke host.network` of the xenlab fleet.deploy put on
+    each host; flags for the task follow `--`. Prints one block per host (its output, exit code,
+    time) and a summary; a host that fails or cannot be reached does not stop the others. Exit 0
+    when every host succeeded, 2 when any host refused bad input, else 1.
+    """
+    import shlex
+
+    from pipeline.fleet import run as remote
+
+    if task_name in ("--help", "-h"):  # `invoke fleet.run --help`: the positional took it
+        from invoke.main import program
+
+        program.print_task_help("fleet.run")
+        return
+    remote.check_task(task_name, list(ns.task_names))
+    _, fleet_ = _fleet(c, hosts)
+    results = remote.run(fleet_, task_name, shlex.split(_remainder()))
+    _fleet_end(results, f"fleet.run {task_name}")
+
+
+@task(name="status", help={**FLEET_HELP, "json": "print the rows as JSON"})
+@exits
+def fleet_status(c, hosts=None, json=False):
+    """Show every host in one table: Xen, the bridge, the VG's free space, guests running/configured.
+
+    From each host's own host.check and guest.list (--json). Exit 0 when every host answered,
+    1 when one could not be reached.
+    """
+    from pipeline import console
+    from pipeline.fleet import status as fleet_status_
+
+    _, fleet_ = _fleet(c, hosts)
+    results = fleet_status_.status(fleet_)
+    if json:
+        _print_json(fleet_status_.as_json(results))
+    else:
+        console.table("fleet", fleet_status_.COLUMNS, [r.data.cells() for r in results])
+    if fleet_status_.exit_code(results):
+        unreached = [f"{r.host} ({r.status})" for r in results if r.data.status != "checked"]
+        raise Exit(f"not reached: {', '.join(unreached)}", code=1)
+
+
+@task(
+    name="provision",
+    help={
+        **FLEET_HELP,
+        "no_reboot": "each host stops before its reboot into Xen instead of rebooting",
+        "dry_run": "each host prints its whole plan and changes nothing",
+    },
+)
+@exits
+def fleet_provision(c, hosts=None, no_reboot=False, dry_run=False):
+    """Run host.provision on every host at once, each host's progress shown as it goes.
+
+    Each line of a host's output is printed as it comes, after the host's name; then a summary.
+    Exit 0 when every host finished its part, 2 when any refused bad input, else 1.
+    """
+    from pipeline import console
+    from pipeline.fleet import run as remote
+
+    _, fleet_ = _fleet(c, hosts)
+    args = ["--no-reboot"] * bool(no_reboot) + ["--dry-run"] * bool(dry_run)
+    results = remote.run(fleet_, "host.provision", args, say=console.say)
+    _fleet_end(results, "fleet.provision", blocks=False)
+
+
+# --- lab.rehearse ---------------------------------------------------------------------------------
+@task(
+    name="rehearse",
+    help={
+        "profile": "the host's release: ubuntu-18.04 (the lab's, Xen 4.9; default) or debian-12"
+        " (Xen 4.17)",
+        "site": "the rehearsal's site file (default: pipeline/lab/rehearsal/site.yaml)",
+        "output": "keep the transcript, console, report and drawing here (default: under"
+        " rehearse.cache_dir/output)",
+        "keep": "keep the VM's disk and the run's files for a look",
+    },
+)
+@exits
+def rehearse(c, profile=None, site=None, output=None, keep=False):
+    """The whole lab, zero touch, on a real Xen host in a VM (qemu, software emulation).
+
+    Installs the host disk as the preseed would, boots it, lets xenlab-provision make it a Xen
+    host with its guests, and checks every step of the lab from an upstream router namespace:
+    the console, pxe.status, ssh into dom0 and into guest-01, ping; then reboots and checks the
+    guest comes back. Exit 0 only when every step passed. Takes 15 to 30 minutes.
+    """
+    from pipeline.lab import rehearse as rehearsal
+
+    result = rehearsal.rehearse(
+        site, profile, output, keep, say=lambda line: print(line, flush=True)
+    )
+    if not result.ok:
+        failed = next(s for s in result.steps if s.status == "failed")
+        raise Failed(f"step {failed.name}: {failed.detail} (transcript in {result.output})")
+
+
 host = Collection("host")
 host.add_task(network)
 host.add_task(diagram)
@@ -1110,6 +1298,16 @@ guest.add_task(guest_check)
 guest.add_task(guest_autostart)
 guest.add_task(guest_remove)
 
+lab = Collection("lab")
+lab.add_task(rehearse)
+
 ns = Collection()
-for collection in (host, pxe, image, guest):
+for collection in (host, pxe, image, guest, lab):
     ns.add_collection(collection)
+
+fleet = Collection("fleet")
+fleet.add_task(fleet_deploy)
+fleet.add_task(fleet_run)
+fleet.add_task(fleet_status)
+fleet.add_task(fleet_provision)
+ns.add_collection(fleet)

@@ -33,6 +33,16 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def chroot_command(root: Path, argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> str:
+    """The shell command that runs `argv` chrooted into `root` with a clean environment: `env`
+    over a PATH, HOME and LANG of the chroot's own (nothing of the caller's leaks in)."""
+    q = shlex.quote
+    clean: Dict[str, str] = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+    clean.update(env or {})
+    env_args = " ".join(q(f"{k}={v}") for k, v in clean.items())
+    return f"env -i {env_args} chroot {q(str(root))} {' '.join(q(a) for a in argv)}"
+
+
 def chroot_argv(
     root: Path,
     argv: Sequence[str],
@@ -72,11 +82,7 @@ def chroot_argv(
     for outside, inside in binds:
         target = r + "/" + inside.lstrip("/")
         steps.append(f"mkdir -p {q(target)} && mount --bind {q(str(outside))} {q(target)}")
-    clean: Dict[str, str] = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
-    clean.update(env or {})
-    env_args = " ".join(q(f"{k}={v}") for k, v in clean.items())
-    command = " ".join(q(a) for a in argv)
-    steps.append(f"exec env -i {env_args} chroot {q(r)} {command}")
+    steps.append("exec " + chroot_command(root, argv, env))
     script = "set -e\n" + "\n".join(steps)
     return [
         "unshare", "--mount", "--propagation", "private", "--pid", "--kill-child",

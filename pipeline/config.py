@@ -549,6 +549,127 @@ class GuestConfig(_Strict):
         return nets
 
 
+# --- fleet (fleet.*: the same tasks on several Xen hosts over SSH) ----------------------------
+_SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SITE_PATH = re.compile(r"^[A-Za-z0-9_.+/-]+\.ya?ml$")
+
+
+class FleetHost(_Strict):
+    address: str  # the host's SSH address: an IPv4 address or a DNS name
+    user: str = "root"  # who logs in; another user than root runs the tasks with sudo -n
+    site: str  # the host's own site file on this machine (relative: to the current folder)
+    port: Optional[int] = None  # None = the ssh config's Port, else 22
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            pass
+        if not _DOMAIN.fullmatch(value) or value.replace(".", "").isdigit():
+            raise ValueError("is not an IPv4 address or a DNS name such as xen1.example.net")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not _SSH_USER.fullmatch(value):
+            raise ValueError("is not a user name (a-z, 0-9, '_', '-'; at most 32)")
+        return value
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        if not _SITE_PATH.fullmatch(value) or ".." in value.split("/"):
+            raise ValueError(
+                "must be a .yaml file's path of letters, digits, '_', '.', '+', '-' and '/'"
+                " (no '..', spaces or quotes)"
+            )
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError("must be a TCP port, 1..65535")
+        return value
+
+
+class FleetConfig(_Strict):
+    hosts: Dict[str, FleetHost] = {}  # NAME -> its address, user and site file
+    parallel: Optional[int] = None  # hosts worked on at once; None = all of them
+    connect_timeout: int = 10  # seconds for the TCP connection and the SSH handshake
+    # Host keys come from ~/.ssh/known_hosts; true: a host that is not in it yet is accepted and
+    # added there (as ssh's StrictHostKeyChecking=accept-new). A changed key is always refused.
+    accept_new_host_keys: bool = False
+
+    @field_validator("parallel")
+    @classmethod
+    def _parallel(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and not 1 <= value <= 256:
+            raise ValueError("must be 1 to 256 hosts at once (or null: all of them)")
+        return value
+
+    @field_validator("connect_timeout")
+    @classmethod
+    def _connect_timeout(cls, value: int) -> int:
+        if not 1 <= value <= 300:
+            raise ValueError("must be 1 to 300 seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _host_names(self) -> "FleetConfig":
+        problems = []
+        for name in self.hosts:
+            try:
+                check_hostname(name)
+            except ValueError as exc:
+                problems.append(Problem(f"fleet.hosts.{name}", name, str(exc)))
+        if problems:
+            raise SiteProblems(problems)
+        return self
+
+
+# --- rehearse (lab.rehearse: the whole lab on a VM) -------------------------------------------
+class RehearseConfig(_Strict):
+    # The VM host's uplink: its address on the upstream router's segment, and the router's,
+    # which is the host's default gateway; the router routes host.subnet via the uplink.
+    uplink: ipaddress.IPv4Interface = ipaddress.IPv4Interface("198.51.100.2/24")
+    gateway: ipaddress.IPv4Address = ipaddress.IPv4Address("198.51.100.1")
+    # A second address of the router's, outside every guest's ssh_allow_from: sshd must refuse it.
+    outside: ipaddress.IPv4Interface = ipaddress.IPv4Interface("203.0.113.1/24")
+    memory: int = 3072 * units.MiB  # the VM's RAM (bytes); dom0 gets host.xen.dom0_mem of it
+    cpus: int = 2
+    # The host disks it builds (installed OS, cached by their inputs) and each run's work files.
+    cache_dir: Directory = "/var/cache/xenlab/rehearsal"
+
+    _memory = field_validator("memory", mode="before")(size_field("M"))
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: int) -> int:
+        if not 1 <= value <= 8:
+            raise ValueError("must be 1 to 8")
+        return value
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway_on_uplink(cls, value: ipaddress.IPv4Address, info: ValidationInfo):
+        uplink = info.data.get("uplink")
+        if uplink is not None and (value not in uplink.network or value == uplink.ip):
+            raise ValueError(f"must be another address of uplink's {uplink.network}")
+        return value
+
+    @field_validator("outside")
+    @classmethod
+    def _outside_elsewhere(cls, value: ipaddress.IPv4Interface, info: ValidationInfo):
+        uplink = info.data.get("uplink")
+        if uplink is not None and value.network.overlaps(uplink.network):
+            raise ValueError(f"must lie outside uplink's {uplink.network}")
+        return value
+
+
 # --- the whole site ---------------------------------------------------------------------------
 class SiteProblems(ValueError):
     """What a check across sections found, each naming its own field; load_site lists them all."""
@@ -588,6 +709,8 @@ class Site(_Strict):
     pxe: PxeConfig = PxeConfig()
     images: ImagesConfig = ImagesConfig()
     guests: Dict[str, GuestConfig] = {}
+    rehearse: RehearseConfig = RehearseConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @model_validator(mode="after")
     def _guests_fit_the_host(self) -> "Site":

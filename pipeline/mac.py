@@ -19,6 +19,9 @@ def normalise(value: object) -> str:
 
     ValueError otherwise: the one form every file, menu and log line of xenlab uses.
     """
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 (Invoke's loader) reads 52:54:00:12:34:02 unquoted as a base-60 number.
+        raise ValueError('is a number, not a MAC: quote it in YAML ("52:54:00:12:34:02")')
     text = value.strip().lower().replace(".", "") if isinstance(value, str) else ""
     if not _MAC.match(text):
         raise ValueError("is not a MAC address (six hex pairs, e.g. 34:17:eb:f0:dc:e3)")

@@ -22,6 +22,7 @@ from pxe.arming import read_state
 FILE = "hosts.json"
 STATES = ("installing", "installed", "provisioning", "rebooting", "done", "failed")
 LOG_LINES = 20  # the last lines of a failed step's log that are kept
+HISTORY = 40  # the last states and steps kept with their times: pxe.status shows the way so far
 _lock = threading.Lock()
 _STEP = re.compile(r"^[a-z][a-z0-9_. -]{0,40}$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -57,6 +58,14 @@ def record(
                 entry.pop(stale, None)
         entry.update({k: v for k, v in fields.items() if v is not None})
         entry["updated"] = _stamp(now)
+        mark = {"at": entry["updated"], "state": entry.get("state"), "step": entry.get("step")}
+        history = list(entry.get("history") or [])
+        if not history or (history[-1].get("state"), history[-1].get("step")) != (
+            mark["state"],
+            mark["step"],
+        ):
+            history.append(mark)
+        entry["history"] = history[-HISTORY:]
         hosts[mac] = entry
         _write(runner, state_dir, hosts)
         return entry
@@ -123,6 +132,11 @@ def check_report(
     if client not in (entry.get("address"), lease):
         return f"not from the host's address ({entry.get('address') or 'unknown'})"
     return None
+
+
+def way(entry: dict) -> List[str]:
+    """Each state and step the host went through, with its time: 'HH:MM:SS provisioning xen'."""
+    return [f"{mark.get('at', '')[11:19]} {describe(mark)}" for mark in entry.get("history") or []]
 
 
 def describe(entry: dict) -> str:

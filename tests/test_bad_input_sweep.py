@@ -236,6 +236,32 @@ CASES = [
     ("pxe.serve", ["--range", "192.0.2.20-192.0.2.10", "--dry-run"], {}, "", "FIRST is after LAST"),
     ("pxe.serve", ["--interface", "eth0\n", "--dry-run"], {}, "", "not an interface name"),
     ("pxe.serve", ["--interface", "all", "--dry-run"], {}, "", "the kernel reserves"),
+    # --- fleet.* (the inventory is checked before any connection; hosts on loopback) ---
+    ("fleet.status", [], {}, "", "fleet.hosts = {}: is empty"),
+    ("fleet.status", [], {}, "fleet:\n  parallel: 0\n", "fleet.parallel = 0"),
+    ("fleet.provision", [], {}, "fleet:\n  connect_timeout: 0\n", "fleet.connect_timeout = 0"),
+    ("fleet.run", ["bogus.task"], {}, "", "TASK = 'bogus.task'"),
+    (
+        "fleet.run",
+        ["host.check", "--hosts", "nope"],
+        {},
+        "fleet:\n  hosts:\n    h1: {address: 127.0.0.21, site: h1.yaml}\n",
+        "--hosts = 'nope'",
+    ),
+    (
+        "fleet.deploy",
+        [],
+        {},
+        "fleet:\n  hosts:\n    h1: {address: 127.0.0.21, site: /nonexistent/h1.yaml}\n",
+        "fleet.hosts.h1.site = '/nonexistent/h1.yaml': cannot be read",
+    ),
+    (
+        "fleet.deploy",
+        [],
+        {},
+        "fleet:\n  hosts:\n    Bad_Name: {address: 127.0.0.21, site: h1.yaml}\n",
+        "fleet.hosts.Bad_Name = 'Bad_Name'",
+    ),
 ]
 ROOTED = {"host.network", "host.xen", "host.report", "host.diagram", "guest.build", "pxe.arm",
           "pxe.disarm", "pxe.preseed", "pxe.build", "pxe.serve"}  # fmt: skip

@@ -227,6 +227,21 @@ def test_stop_force_destroys_and_a_hanging_shutdown_times_out(xen_lab):
     assert bad.returncode == 2 and "--timeout = 'soon'" in bad.stderr
 
 
+@pytest.mark.slow
+def test_a_shut_down_domain_nothing_removes_is_destroyed(xen_lab):
+    """Seen in the rehearsal: a guest started by a systemd unit lost its watching xl process with
+    the unit's cgroup; shut down, it stayed listed (---s--) for ever. stop destroys it, as the
+    cfg's on_poweroff asks, after the usual teardown wait."""
+    run, fake = xen_lab["run"], xen_lab["fake"]
+    fake.set([running()], orphaned=True)
+    stop = run("guest.stop", "--name", "guest-01", "--root", str(xen_lab["root"]))
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "no xl process removes the shut-down domain" in stop.stdout
+    calls = fake.calls()
+    assert calls.index("shutdown -w guest-01") < calls.index("destroy guest-01")
+    assert [d["name"] for d in fake.state()["domains"]] == ["Domain-0"]
+
+
 def test_a_paused_guest_is_unpaused_before_its_shutdown(xen_lab):
     run, fake = xen_lab["run"], xen_lab["fake"]
     fake.set([running(state="--p---")], linger_calls=0)

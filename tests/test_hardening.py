@@ -33,6 +33,8 @@ SAMPLES = {
     "images.source": "http://cache.example/images",
     "guests.g1.bridge": "xenbr1",
     "guests.g1.ssh_authorized_keys": KEY,
+    "fleet.hosts.g1.address": "192.0.2.9",
+    "fleet.hosts.g1.site": "/etc/xenlab/hosts/g1.yaml",
 }
 
 
@@ -88,6 +90,9 @@ def good_value(dotted, is_list, default):
 
 def site_with(dotted: str, value) -> dict:
     data = {"host": {"subnet": "192.0.2.0/28"}}
+    if dotted.startswith("fleet.hosts.g1."):  # a fleet host needs both of these
+        data["fleet"] = {"hosts": {"g1": {"address": SAMPLES["fleet.hosts.g1.address"],
+                                          "site": SAMPLES["fleet.hosts.g1.site"]}}}  # fmt: skip
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:

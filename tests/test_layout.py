@@ -2,8 +2,10 @@
 
 The core (pipeline/*.py) imports nothing of the other folders; netlink/ and pxe/ use only the
 core; cloudinit/ is a leaf; a guest's steps use those; the host's steps may also run a guest's
-(host.provision builds them); the lab's read-only views may read everything; only tasks.py knows
-Invoke, and nothing imports tasks.py or the tests.
+(host.provision builds them); the lab's read-only views may read everything; the fleet (the same
+tasks on many hosts over SSH) may use all of those and nothing uses it but tasks.py; only tasks.py
+knows Invoke (pipeline/fleet uses Fabric, which is built on it), and nothing imports tasks.py or
+the tests.
 """
 
 import ast
@@ -21,7 +23,8 @@ ALLOWED = {
     "guest": {"core", "netlink", "pxe", "cloudinit"},
     "host": {"core", "netlink", "pxe", "cloudinit", "guest"},
     "lab": {"core", "netlink", "pxe", "cloudinit", "guest", "host"},
-    "tasks": {"core", "netlink", "pxe", "cloudinit", "guest", "host", "lab"},
+    "fleet": {"core", "netlink", "pxe", "cloudinit", "guest", "host", "lab"},
+    "tasks": {"core", "netlink", "pxe", "cloudinit", "guest", "host", "lab", "fleet"},
 }
 ROOMS = ("pipeline", "netlink", "pxe", "cloudinit")
 
@@ -30,7 +33,7 @@ def room_of_module(dotted: str):
     """The room a project module lives in, or None for a module that is not the project's."""
     parts = dotted.split(".")
     if parts[0] == "pipeline":
-        if len(parts) > 1 and parts[1] in ("host", "guest", "lab"):
+        if len(parts) > 1 and parts[1] in ("host", "guest", "lab", "fleet"):
             return parts[1]
         return "core"
     if parts[0] in ("netlink", "pxe", "cloudinit", "tasks", "tests"):
@@ -118,6 +121,24 @@ def test_allowed_imports_pass():
         Path("tasks.py"): "from pipeline.lab import diagram\nfrom invoke import task\n",
     }
     assert violations(good) == []
+
+
+def test_the_fleet_uses_the_rest_and_only_tasks_uses_the_fleet():
+    assert room_of_module("pipeline.fleet.run") == "fleet"
+    good = {
+        Path("pipeline/fleet/deploy.py"): "from pipeline.host import check\nimport fabric\n",
+        Path(
+            "pipeline/fleet/status.py"
+        ): "from pipeline.lab import read\nfrom pxe import preseed\n",
+        Path("tasks.py"): "from pipeline.fleet import inventory\n",
+    }
+    assert violations(good) == []
+    bad = {
+        Path("pipeline/lab/read.py"): "from pipeline.fleet import run\n",
+        Path("pipeline/host/provision.py"): "from pipeline.fleet import deploy\n",
+        Path("pipeline/fleet/run.py"): "import tasks\n",
+    }
+    assert len(violations(bad)) == len(bad), violations(bad)
 
 
 def test_only_tasks_knows_invoke():

@@ -13,7 +13,6 @@ from pipeline.config import load_site
 from pipeline.host import network
 from tests.conftest import invoke, sh
 from tests.test_host_network import files, pings, snapshot
-from tests.test_readme import opening_commands
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def veth_pair(ns: str, name: str) -> None:
 
 
 def run_default_site(ns: dict, *args, env=None):
-    """host.network with invoke.yaml alone (no -f): the README's main command, in the namespace."""
+    """host.network with invoke.yaml alone (no -f), in the namespace."""
     return invoke("host.network", "--netns", ns["host"], "--root", str(ns["root"]), *args, env=env)
 
 
@@ -65,17 +64,6 @@ def test_the_default_site_on_a_machine_like_this_one_is_refused(like_this_machin
     assert snapshot(ns["host"]) == before and files(ns["root"]) == before_files
     assert sh("ip", "-n", ns["host"], "link", "show", "xenbr0", check=False).returncode != 0
     assert pings(ns["host"], "192.0.2.1"), "the host still reaches its gateway"
-
-
-def test_the_readmes_main_command_refuses_here(like_this_machine):
-    """The README's command as written (after ./setup), pointed at the namespace: exit 2."""
-    setup_and_run, _ = opening_commands()
-    words = setup_and_run.split(".venv/bin/invoke ")[1].split()
-    ns = like_this_machine
-    r = invoke(*words, "--netns", ns["host"], "--root", str(ns["root"]))
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert CUT_OFF[1] in r.stderr
-    assert pings(ns["host"], "192.0.2.1")
 
 
 def test_a_subnet_clear_of_the_uplink_works_there(like_this_machine):

@@ -179,13 +179,29 @@ def stop(
     if not runner.dry_run:
         started = time.monotonic()
         if not wait(name, TEARDOWN_S):
-            raise Failed(
-                f"{name} has shut down, but Xen still lists its domain after {TEARDOWN_S} s;"
-                f" invoke guest.stop --name {name} --force destroys it"
-            )
+            _reap(runner, name, wait)
         say(f"{name}: domain gone {time.monotonic() - started:.1f} s after xl returned")
     verb = "destroyed" if force else "stopped"
     return Done(name, True, f"{name} {'would be ' if runner.dry_run else ''}{verb}")
+
+
+def _reap(runner: Runner, name: str, wait: Callable[[str, float], bool] = xl.wait_gone) -> None:
+    """The domain shut down but nothing removes it: the `xl create` that watches it and acts on
+    on_poweroff is gone (killed with the cgroup of the systemd unit that started the guest, or
+    by hand), so the domain stays in state shutdown for ever. Do what on_poweroff="destroy" asks."""
+    left = domain(name)
+    if left is not None and xl.state_word(left.state) == "shutdown":
+        runner.say(f"{name}: no xl process removes the shut-down domain {left.id}; destroying it")
+        xl.call("destroy", name)  # a late xl monitor may win the race: only the outcome counts
+        if wait(name, TEARDOWN_S):
+            return
+        left = domain(name)
+    if left is not None:
+        state = ", ".join(xl.decode_state(left.state))
+        raise Failed(
+            f"{name} has shut down, but Xen still lists its domain after {TEARDOWN_S} s"
+            f" ({state}); invoke guest.stop --name {name} --force destroys it"
+        )
 
 
 def restart(site: Site, name: str, runner: Runner, **kwargs: Any) -> Done:
@@ -242,6 +258,21 @@ def console(site: Site, name: str) -> List[str]:
     if domain(name) is None:
         raise Failed(f"{name} is not running: invoke guest.start --name {name}")
     return ["xl", "console", name]
+
+
+def console_log(site: Site, name: str, root: Path, lines: int = 50) -> List[str]:
+    """The last `lines` of the guest's console as xenconsoled logged it (host.xen turns that on),
+    escape sequences and all; Failed when there is no log."""
+    guest_of(site, name)
+    path = xen_cfg.console_log_path(root, name)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise Failed(
+            f"no console log of {name} at {path} ({exc.strerror}): host.xen turns logging on;"
+            " xenconsoled starts logging when it restarts (the next boot)"
+        ) from None
+    return text.replace("\r\n", "\n").splitlines()[-lines:]
 
 
 # --- info ---------------------------------------------------------------------------------------

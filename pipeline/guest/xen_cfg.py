@@ -30,6 +30,15 @@ def link_path(root: Path, name: str) -> Path:
 
 LINK_TARGET = "../{name}.cfg"  # relative, so the link holds under --root too
 
+# xenconsoled keeps every guest's console here (host.xen turns it on): guest.console --log.
+CONSOLE_LOG_DIR = "/var/log/xen/console"
+
+
+def console_log_path(root: Path, name: str) -> Path:
+    """ROOT/var/log/xen/console/guest-NAME.log, the file xenconsoled --log=guest writes."""
+    return Path(root) / CONSOLE_LOG_DIR.lstrip("/") / f"guest-{name}.log"
+
+
 # How a guest boots (guests.NAME.boot) and the loader file each mode names as its kernel: GRUB's
 # Xen images from the Debian/Ubuntu package grub-xen-host. xl reads that file on the host when
 # it creates the domain; pygrub is xl's own helper and needs no path here.

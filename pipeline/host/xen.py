@@ -50,6 +50,10 @@ XL_CONF = "/etc/xen/xl.conf"
 GRUB_CFG = "/boot/grub/grub.cfg"
 POLICY_RC = "/usr/sbin/policy-rc.d"
 XENDOMAINS = "/etc/default/xendomains"
+# xenconsoled's options: the Xen init script reads /etc/default/xen, then /etc/default/xend where
+# the release has it (bionic; its empty XENCONSOLED_ARGS would win), so both get them.
+XEN_DEFAULTS = ("/etc/default/xen", "/etc/default/xend")
+XENCONSOLED_ARGS = f'"--log=guest --log-dir={xen_cfg.CONSOLE_LOG_DIR}"'
 SAVE_DIR = "/var/lib/xen/save"
 # The keys of /etc/default/xendomains for each policy. Debian's init script (the one bionic's and
 # bookworm's xen-utils-common ship) skips restoring only when XENDOMAINS_RESTORE is empty (it
@@ -351,6 +355,7 @@ def configure(config: XenConfig, runner: Runner) -> Result:
             new = set_xl_key(old, "autoballoon", '"off"')
             changed = runner.write_file(XL_CONF, new) or changed
         _set_xendomains(runner, config.on_shutdown, installed)
+        _set_console_log(runner, installed)
         default, xen = _grub_state(root)
         if not installed or changed or not (default and default in xen):
             runner.change(f"run update-grub in {root}", lambda: _in_root(root, ["update-grub"]))
@@ -372,6 +377,24 @@ def configure(config: XenConfig, runner: Runner) -> Result:
         str(root), release, package, mem, installed, default, xen, loader,
         loader_installed, config.on_shutdown,
     )  # fmt: skip
+
+
+def _set_console_log(runner: Runner, installed: bool) -> None:
+    """Guests' consoles logged to files (guest.console --log), from xenconsoled's next start."""
+    if runner.dry_run and not installed:
+        runner.change(
+            f"log guests' consoles to {xen_cfg.CONSOLE_LOG_DIR}, once Xen is there", _noop
+        )
+        return
+    for name in XEN_DEFAULTS:
+        path = runner.path(name)
+        if path.is_file():
+            runner.write_file(
+                name, set_xl_key(path.read_text(), "XENCONSOLED_ARGS", XENCONSOLED_ARGS)
+            )
+    log_dir = runner.path(xen_cfg.CONSOLE_LOG_DIR)
+    if not log_dir.is_dir():
+        runner.change(f"make {log_dir}", lambda: log_dir.mkdir(parents=True, mode=0o750))
 
 
 def _set_xendomains(runner: Runner, on_shutdown: str, installed: bool) -> None:

@@ -1,0 +1,1 @@
+"""fleet.*: the same xenlab tasks on several Xen hosts over SSH (Fabric)."""
