@@ -11,7 +11,7 @@ import json
 import shlex
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -23,10 +23,16 @@ def cache_key(*parts: object) -> str:
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (a lock file, made if missing) for the block's duration."""
+def locked(path: Path, on_wait: Optional[Callable[[], None]] = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a lock file, made if missing) for the block's duration;
+    `on_wait` is called first when someone else holds it (to say why this waits)."""
     with open(str(path), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:

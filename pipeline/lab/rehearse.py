@@ -24,7 +24,6 @@ Everything it starts (qemu, pxe.serve, namespaces with their taps and veths) is 
 removed at the end, on a failure and on Ctrl-C too; loop devices live only inside the disk steps.
 """
 
-import fcntl
 import json
 import os
 import secrets
@@ -32,12 +31,11 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
-from pipeline import units
+from pipeline import chroot, units
 from pipeline.config import Site, load_site
 from pipeline.errors import BadInput, Failed, Problem
 from pipeline.lab.rehearsal import checks, disk, installer, remote, topology, vm
@@ -294,19 +292,15 @@ def rehearse(
         return _run(site, data, output, keep, say)
 
 
-@contextmanager
-def _alone(cache_dir: Path, say: Callable[[str], None]) -> Iterator[None]:
+def _alone(cache_dir: Path, say: Callable[[str], None]):
     """One rehearsal at a time on a machine: two emulated Xen hosts on two cores starve each
     other until libxl's hotplug scripts time out (seen: "killing execution of
     /etc/xen/scripts/block add because of timeout") and ssh gives up."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(str(cache_dir / "rehearse.lock"), "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            say(f"another rehearsal runs on this machine ({cache_dir / 'rehearse.lock'}): waiting")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+    lock = cache_dir / "rehearse.lock"
+    return chroot.locked(
+        lock, lambda: say(f"another rehearsal runs on this machine ({lock}): waiting")
+    )
 
 
 def _run(site: Site, data: dict, output: Optional[str], keep: bool,
